@@ -1,0 +1,357 @@
+//! The proxy's own users and the one way to become authenticated.
+//!
+//! [`Identity`] has no public constructor: only [`Users::authenticate_password`]
+//! and [`Users::authenticate_certificate`] build one, so a session cannot reach
+//! a backend without passing through here. Nothing in this module does I/O.
+
+pub mod scram;
+pub mod secret;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::redis::policy::CommandPolicy;
+use scram::ScramVerifier;
+use secret::Secret;
+
+/// A backend login: user name (if the backend has users) and password.
+#[derive(Clone)]
+pub struct Credential {
+    /// Backend user; `None` for Redis's `AUTH <password>` form.
+    pub user: Option<String>,
+    /// Backend password.
+    pub password: Secret,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
+/// One of the proxy's users.
+#[derive(Debug)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Password verifier; `None` for certificate-only users.
+    pub verifier: Option<ScramVerifier>,
+    /// Listeners this user may log in on; `None` means all.
+    pub listeners: Option<Vec<String>>,
+    /// A disabled user cannot log in.
+    pub disabled: bool,
+    /// Certificate subject CNs or SANs that identify this user (listeners that require a certificate only).
+    pub client_cert_names: Vec<String>,
+    /// Backend login to use instead of the backend's default.
+    pub backend_credential: Option<Credential>,
+    /// Redis command rules.
+    pub redis_policy: Arc<CommandPolicy>,
+}
+
+impl User {
+    /// Whether the user may log in on `listener`.
+    pub fn may_use(&self, listener: &str) -> bool {
+        !self.disabled
+            && self
+                .listeners
+                .as_ref()
+                .is_none_or(|ls| ls.iter().any(|l| l == listener))
+    }
+}
+
+/// How a client proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A password checked against the user's SCRAM verifier (Redis AUTH/HELLO).
+    Password,
+    /// A verified client certificate mapped to the user.
+    Certificate,
+    /// A SCRAM-SHA-256 exchange.
+    Scram,
+}
+
+impl AuthMethod {
+    /// Lowercase label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Password => "password",
+            AuthMethod::Certificate => "certificate",
+            AuthMethod::Scram => "scram-sha-256",
+        }
+    }
+}
+
+/// An authenticated client. Only this module can build one.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    user: Arc<User>,
+    method: AuthMethod,
+}
+
+impl Identity {
+    /// The authenticated user.
+    pub fn user(&self) -> &Arc<User> {
+        &self.user
+    }
+
+    /// The user's name.
+    pub fn name(&self) -> &str {
+        &self.user.name
+    }
+
+    /// How the client authenticated.
+    pub fn method(&self) -> AuthMethod {
+        self.method
+    }
+
+    /// The backend login for this user on `backend_default`.
+    pub fn backend_credential<'a>(&'a self, backend_default: &'a Credential) -> &'a Credential {
+        self.user
+            .backend_credential
+            .as_ref()
+            .unwrap_or(backend_default)
+    }
+}
+
+/// Why a login failed (for logs and metrics; the client sees one generic reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No such user.
+    UnknownUser,
+    /// Wrong password.
+    WrongPassword,
+    /// The user is disabled.
+    Disabled,
+    /// The user may not use this listener.
+    ListenerNotAllowed,
+    /// The user has no password (certificate-only).
+    NoPassword,
+    /// No configured user matches the certificate.
+    CertificateNotMapped,
+}
+
+impl AuthFailure {
+    /// Bounded label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::UnknownUser => "unknown_user",
+            AuthFailure::WrongPassword => "wrong_password",
+            AuthFailure::Disabled => "disabled",
+            AuthFailure::ListenerNotAllowed => "listener_not_allowed",
+            AuthFailure::NoPassword => "no_password",
+            AuthFailure::CertificateNotMapped => "certificate_not_mapped",
+        }
+    }
+}
+
+/// The user table.
+pub struct Users {
+    by_name: HashMap<String, Arc<User>>,
+    by_cert_name: HashMap<String, Arc<User>>,
+    /// Key for mock verifiers of unknown users, random per process.
+    mock_key: Secret,
+}
+
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Users")
+            .field("count", &self.by_name.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Users {
+    /// Builds the table (names are unique; the config checked that).
+    pub fn new(users: Vec<User>) -> Users {
+        let mut by_name = HashMap::new();
+        let mut by_cert_name = HashMap::new();
+        for u in users {
+            let u = Arc::new(u);
+            for n in &u.client_cert_names {
+                by_cert_name.insert(n.clone(), u.clone());
+            }
+            by_name.insert(u.name.clone(), u);
+        }
+        let mut key = [0u8; 32];
+        rand::Rng::fill(&mut rand::rngs::OsRng, &mut key);
+        Users {
+            by_name,
+            by_cert_name,
+            mock_key: Secret::new(key.to_vec()),
+        }
+    }
+
+    /// Looks a user up by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<User>> {
+        self.by_name.get(name)
+    }
+
+    /// Whether `name` is a configured user (for bounded metric labels).
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when no users are configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Checks a clear-text password (Redis AUTH). CPU-heavy (PBKDF2): call it off the reactor.
+    ///
+    /// Unknown users, users without a password, disabled users and users not
+    /// allowed on this listener cost the same PBKDF2 as a real check, so the
+    /// reply time says nothing about which names exist.
+    pub fn authenticate_password(
+        &self,
+        name: &[u8],
+        password: &[u8],
+        listener: &str,
+    ) -> Result<Identity, AuthFailure> {
+        let user = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| self.by_name.get(n));
+        let Some(user) = user else {
+            self.mock_verifier(name).verify_password(password);
+            return Err(AuthFailure::UnknownUser);
+        };
+        let ok = match &user.verifier {
+            Some(v) => v.verify_password(password),
+            None => {
+                self.mock_verifier(name).verify_password(password);
+                return Err(AuthFailure::NoPassword);
+            }
+        };
+        if !ok {
+            return Err(AuthFailure::WrongPassword);
+        }
+        self.admit(user, listener, AuthMethod::Password)
+    }
+
+    /// Maps verified certificate names (subject CN, then SANs) to a user.
+    ///
+    /// Only call this on listeners that *require* a client certificate: an optional
+    /// certificate is not an identity (a client without one would just use AUTH).
+    pub fn authenticate_certificate(
+        &self,
+        cert_names: &[String],
+        listener: &str,
+    ) -> Result<Identity, AuthFailure> {
+        let user = cert_names
+            .iter()
+            .find_map(|n| self.by_cert_name.get(n))
+            .ok_or(AuthFailure::CertificateNotMapped)?;
+        self.admit(user, listener, AuthMethod::Certificate)
+    }
+
+    /// Starts an identity for a user that completed a SCRAM exchange elsewhere in the crate.
+    pub(crate) fn admit_scram(
+        &self,
+        user: &Arc<User>,
+        listener: &str,
+    ) -> Result<Identity, AuthFailure> {
+        self.admit(user, listener, AuthMethod::Scram)
+    }
+
+    fn admit(
+        &self,
+        user: &Arc<User>,
+        listener: &str,
+        method: AuthMethod,
+    ) -> Result<Identity, AuthFailure> {
+        if user.disabled {
+            return Err(AuthFailure::Disabled);
+        }
+        if !user.may_use(listener) {
+            return Err(AuthFailure::ListenerNotAllowed);
+        }
+        Ok(Identity {
+            user: user.clone(),
+            method,
+        })
+    }
+
+    /// A stable fake verifier for a name that has none, as PostgreSQL's mock salt.
+    pub fn mock_verifier(&self, name: &[u8]) -> ScramVerifier {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(self.mock_key.expose());
+        scram::mock_verifier(name, &key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, pw: &str, listeners: Option<Vec<String>>) -> User {
+        User {
+            name: name.into(),
+            verifier: Some(ScramVerifier::generate(pw.as_bytes()).expect("verifier")),
+            listeners,
+            disabled: false,
+            client_cert_names: vec![format!("{name}.example")],
+            backend_credential: None,
+            redis_policy: Arc::new(CommandPolicy::default_policy()),
+        }
+    }
+
+    #[test]
+    fn password_outcomes() {
+        let users = Users::new(vec![
+            user("a", "pw-a", None),
+            user("b", "pw-b", Some(vec!["other".into()])),
+        ]);
+        assert_eq!(
+            users
+                .authenticate_password(b"a", b"pw-a", "l")
+                .map(|i| i.name().to_string()),
+            Ok("a".into())
+        );
+        assert_eq!(
+            users.authenticate_password(b"a", b"nope", "l").err(),
+            Some(AuthFailure::WrongPassword)
+        );
+        assert_eq!(
+            users.authenticate_password(b"zz", b"pw-a", "l").err(),
+            Some(AuthFailure::UnknownUser)
+        );
+        assert_eq!(
+            users.authenticate_password(b"b", b"pw-b", "l").err(),
+            Some(AuthFailure::ListenerNotAllowed)
+        );
+        assert_eq!(
+            users.authenticate_password(b"\xff", b"x", "l").err(),
+            Some(AuthFailure::UnknownUser)
+        );
+    }
+
+    #[test]
+    fn certificate_mapping() {
+        let users = Users::new(vec![user("a", "pw", None)]);
+        let id = users
+            .authenticate_certificate(&["nobody".into(), "a.example".into()], "l")
+            .expect("mapped");
+        assert_eq!((id.name(), id.method()), ("a", AuthMethod::Certificate));
+        assert_eq!(
+            users.authenticate_certificate(&["x".into()], "l").err(),
+            Some(AuthFailure::CertificateNotMapped)
+        );
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = Credential {
+            user: Some("u".into()),
+            password: Secret::new(b"topsecret".to_vec()),
+        };
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+}

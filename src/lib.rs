@@ -1,0 +1,33 @@
+//! portcullis: an authenticating TLS proxy for Redis and PostgreSQL.
+//!
+//! Map of the crate (dependencies point down this list, never up):
+//!
+//! - [`server`]: listeners, accept loop, connection permits, graceful shutdown;
+//!   [`start`] runs a proxy from a [`config::Config`] (tests start it in-process).
+//! - [`redis`]: the Redis gateway: `request` (client frames) and `reply`
+//!   (backend reply boundaries) codecs, `commands` + `policy` (ACL rules),
+//!   `backend` (connect and log in), `session` (login phase, then the relay
+//!   that keeps replies in request order).
+//! - [`auth`]: users, secrets, SCRAM verifiers; [`auth::Identity`] is the
+//!   only proof of authentication and only `auth` builds it. No I/O.
+//! - [`config`]: TOML → validated types (secrets resolved, TLS loaded, rules compiled).
+//! - [`tls`]: rustls configs, development certificates, client-certificate names.
+//! - [`metrics`] and [`admin`]: Prometheus metrics and `/metrics /healthz /readyz`.
+//! - [`error`]: session errors that say which side failed; [`logging`]: setup and escaping.
+//! - [`stream`]: plain-or-TLS stream types.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod redis;
+pub mod server;
+pub mod stream;
+pub mod tls;
+
+pub use server::{start, Running, Shutdown};

@@ -1,0 +1,166 @@
+//! The `portcullis` command line. Thin: each subcommand calls into the library.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use portcullis::auth::scram::ScramVerifier;
+use portcullis::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An authenticating TLS proxy for Redis and PostgreSQL"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (for the default `run`).
+    #[arg(long, short, global = true, default_value = "config.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run {
+        /// Log as JSON, whatever the config says.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Validate a config file and print a summary; exits non-zero naming the offending key.
+    CheckConfig,
+    /// Read a password (stdin, or a no-echo prompt on a terminal) and print its SCRAM-SHA-256 verifier.
+    HashPassword {
+        /// PBKDF2 iterations (PostgreSQL's default is 4096).
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+    },
+    /// Write a development CA plus server and client certificates.
+    GenCerts {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Client certificate name (CN and DNS SAN).
+        #[arg(long, default_value = "app")]
+        client_name: String,
+        /// Extra server names or IPs for the server certificate.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run { json_logs: false }) {
+        Command::Run { json_logs } => run(&cli.config, json_logs),
+        Command::CheckConfig => check_config(&cli.config),
+        Command::HashPassword { iterations } => hash_password(iterations),
+        Command::GenCerts {
+            out,
+            client_name,
+            hosts,
+        } => gen_certs(&out, &client_name, &hosts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path, json_logs: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let format = if json_logs {
+        portcullis::config::LogFormat::Json
+    } else {
+        config.log_format
+    };
+    portcullis::logging::init(format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let shutdown = portcullis::Shutdown::new();
+        let running = portcullis::start(config, shutdown.clone()).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!(event = "shutdown_requested");
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!("config {} is valid", path.display());
+    for l in &config.listeners {
+        let tls = match &l.tls {
+            None => "tls disabled".to_string(),
+            Some(t) => format!(
+                "tls {} (client certificates: {:?})",
+                if t.required { "required" } else { "optional" },
+                t.client_cert
+            ),
+        };
+        println!(
+            "  listener {}: {} on {}, {}, backend {} at {}",
+            l.name,
+            l.protocol.as_str(),
+            l.listen,
+            tls,
+            l.backend.name,
+            l.backend.address
+        );
+    }
+    println!("  users: {}", config.users.len());
+    match config.admin {
+        Some(a) => println!("  admin: http://{a}/metrics"),
+        None => println!("  admin: disabled"),
+    }
+    for w in &config.warnings {
+        println!("  warning: {w}");
+    }
+    Ok(())
+}
+
+fn hash_password(iterations: u32) -> anyhow::Result<()> {
+    let password = if std::io::stdin().is_terminal() {
+        let a = rpassword::prompt_password("Password: ")?;
+        let b = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(a == b, "the passwords differ");
+        a
+    } else {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s.trim_end_matches(['\n', '\r']).to_string()
+    };
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    anyhow::ensure!(iterations >= 4096, "use at least 4096 iterations");
+    let mut salt = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
+    let verifier = ScramVerifier::derive(password.as_bytes(), &salt, iterations)?;
+    println!("{verifier}");
+    Ok(())
+}
+
+fn gen_certs(out: &std::path::Path, client_name: &str, hosts: &[String]) -> anyhow::Result<()> {
+    let c = portcullis::tls::generate_dev_certs(out, client_name, hosts)?;
+    println!(
+        "wrote {}, {}, {}, {} and their keys",
+        c.ca_cert.display(),
+        c.server_cert.display(),
+        c.client_cert.display(),
+        out.join("ca.key").display()
+    );
+    Ok(())
+}

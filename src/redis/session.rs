@@ -1,0 +1,1222 @@
+//! One Redis client session, in named phases:
+//!
+//! 1. **handshake**: TLS from the first byte (unless the listener is plain);
+//! 2. **login**: only AUTH, HELLO and QUIT are read, with Redis 7's limits for
+//!    unauthenticated clients and an absolute deadline from accept; nothing
+//!    reaches a backend (there is none yet);
+//! 3. **backend**: connect and log in with the proxy's credentials;
+//! 4. **relay**: requests are checked against the user's policy and forwarded
+//!    or answered here; replies are matched to requests so that every reply,
+//!    the proxy's own included, goes back in request order.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::backend::{self, Login};
+use super::policy::{self, Verdict};
+use super::replies;
+use super::reply::{FrameInfo, ReplyScanner, Scan};
+use super::request::{decode, Decoded, ProtocolError, Request, RequestLimits, Tail};
+use crate::auth::{AuthFailure, Credential, Identity};
+use crate::error::{BackendError, SessionError};
+use crate::logging::escape;
+use crate::metrics::UNKNOWN_USER;
+use crate::server::Context;
+use crate::stream::{BackendStream, ClientStream};
+
+/// Redis 7 closes an unauthenticated client whose query buffer passes 64 KiB... we do the same.
+const PREAUTH_MAX_BUFFER: usize = 64 * 1024;
+
+/// Client bytes held before parsing stops reading. The decoder needs at most
+/// ~128 KiB to decide (two 64 KiB arguments before it streams), so this never stalls.
+const CLIENT_IN_CAP: usize = 160 * 1024;
+
+/// Backend bytes held unscanned; a reply longer than this is streamed.
+const REPLY_STREAM_AFTER: usize = 64 * 1024;
+
+/// Bytes queued towards either side before the proxy stops reading the other.
+const OUT_CAP: usize = 256 * 1024;
+
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Most password checks one connection may make before it is closed.
+const MAX_AUTH_ATTEMPTS: u32 = 10;
+
+/// Serves one accepted connection to the end, logging how it ended.
+pub async fn serve(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+    let result = tokio::select! {
+        r = run(ctx, tcp, peer) => r,
+        _ = ctx.close.cancelled() => Err(SessionError::Shutdown),
+    };
+    match result {
+        Ok(()) => debug!(event = "session_end", listener = %ctx.listener.name, %peer),
+        Err(e) => {
+            if !matches!(e, SessionError::ClientIo(_)) {
+                ctx.metrics.connection_refused(e.label());
+            }
+            info!(event = "session_end", listener = %ctx.listener.name, %peer, side = ?e.side(), reason = e.label(), error = %e);
+        }
+    }
+}
+
+async fn run(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<(), SessionError> {
+    let deadline = Instant::now() + ctx.limits.login_timeout;
+    let (stream, cert_names) = match tokio::time::timeout_at(deadline, handshake(ctx, tcp)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            ctx.metrics.tls_failure("timeout");
+            return Err(SessionError::LoginTimeout);
+        }
+    };
+    let (rd, wr) = tokio::io::split(stream);
+    let mut client = Client {
+        rd,
+        wr,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+    };
+
+    let outcome = match cert_names {
+        Some(names) => match ctx
+            .users
+            .authenticate_certificate(&names, &ctx.listener.name)
+        {
+            Ok(id) => {
+                audit(ctx, peer, id.name().as_bytes(), Ok(&id));
+                LoginOutcome::Login(id, Login::Auth, false)
+            }
+            Err(f) => {
+                let shown = names.first().map(String::as_bytes).unwrap_or(b"");
+                audit(ctx, peer, shown, Err(f));
+                // Without a mapped certificate the client may still log in with a password.
+                login_phase(ctx, &mut client, peer, deadline).await?
+            }
+        },
+        None => login_phase(ctx, &mut client, peer, deadline).await?,
+    };
+    let LoginOutcome::Login(identity, login, reply_ok) = outcome else {
+        return Ok(());
+    };
+
+    let backend = &ctx.listener.backend;
+    let cred = identity.backend_credential(&backend.credential).clone();
+    let connected = match backend::connect(backend, &cred, &login, ctx.metrics.all()).await {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.metrics.refused("backend_unavailable");
+            let _ = client.wr.write_all(replies::BACKEND_UNAVAILABLE).await;
+            let _ = client.wr.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let mut to_client = Outbox::default();
+    match &login {
+        Login::Hello { .. } => to_client.push(connected.reply.freeze()),
+        Login::Auth if reply_ok => to_client.push(Bytes::from_static(replies::OK)),
+        Login::Auth => {}
+    }
+    let proto = match login {
+        Login::Hello { proto, .. } => proto,
+        Login::Auth => 2,
+    };
+    let (brd, bwr) = tokio::io::split(connected.stream);
+    let relay = Relay {
+        ctx,
+        peer,
+        identity,
+        cred,
+        proto,
+        client,
+        brd,
+        bwr,
+        backend_in: connected.leftover,
+        to_client,
+        to_backend: Outbox::default(),
+        slots: VecDeque::new(),
+        scanner: ReplyScanner::new(),
+        scanned: 0,
+        streaming_reply: None,
+        req_tail: None,
+        multi: Multi::default(),
+        subs: Subscriptions::default(),
+        closing: false,
+        auth_attempts: 0,
+    };
+    relay.run().await
+}
+
+/// Phase 1: TLS. Returns the stream and, when the listener requires a client
+/// certificate, the names it carries (a certificate is an identity only then).
+async fn handshake(
+    ctx: &Context,
+    tcp: TcpStream,
+) -> Result<(ClientStream, Option<Vec<String>>), SessionError> {
+    let Some(tls) = &ctx.listener.tls else {
+        return Ok((ClientStream::Plain(tcp), None));
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let stream = match acceptor.accept(tcp).await {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.metrics
+                .tls_failure(crate::tls::handshake_failure_reason(&e));
+            return Err(SessionError::ClientTls(e));
+        }
+    };
+    let names = if tls.client_cert == crate::tls::ClientCertMode::Required {
+        stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(crate::tls::certificate_names)
+    } else {
+        None
+    };
+    Ok((ClientStream::Tls(Box::new(stream)), names))
+}
+
+struct Client {
+    rd: ReadHalf<ClientStream>,
+    wr: WriteHalf<ClientStream>,
+    buf: BytesMut,
+}
+
+enum LoginOutcome {
+    /// Authenticated; how to log in to the backend; whether to send `+OK` (AUTH) to the client.
+    Login(Identity, Login, bool),
+    /// The client quit or went away before authenticating.
+    Quit,
+}
+
+/// What the login phase does with one request.
+enum PreAuth {
+    Reply(&'static [u8]),
+    ReplyOwned(Vec<u8>),
+    Authenticate {
+        user: Vec<u8>,
+        password: zeroize::Zeroizing<Vec<u8>>,
+        login: Login,
+    },
+    Quit,
+}
+
+/// Phase 2: read AUTH / HELLO / QUIT only, answer everything else with NOAUTH.
+async fn login_phase(
+    ctx: &Arc<Context>,
+    client: &mut Client,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Result<LoginOutcome, SessionError> {
+    let mut attempts = 0u32;
+    let limits = RequestLimits::UNAUTHENTICATED;
+    loop {
+        loop {
+            let decoded = match decode(&mut client.buf, &limits) {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(e) => return Err(protocol_error(ctx, &mut client.wr, e).await),
+            };
+            let Decoded::Request(req) = decoded else {
+                continue;
+            };
+            if is_http(&req) {
+                ctx.metrics.refused("http_request");
+                return Err(SessionError::Http);
+            }
+            let action = preauth_action(&req);
+            let (user, password, login) = match action {
+                PreAuth::Reply(r) => {
+                    if r == replies::NOAUTH || r == replies::NOAUTH_HELLO {
+                        ctx.metrics.refused("noauth");
+                    }
+                    client
+                        .wr
+                        .write_all(r)
+                        .await
+                        .map_err(SessionError::ClientIo)?;
+                    continue;
+                }
+                PreAuth::ReplyOwned(r) => {
+                    client
+                        .wr
+                        .write_all(&r)
+                        .await
+                        .map_err(SessionError::ClientIo)?;
+                    continue;
+                }
+                PreAuth::Quit => {
+                    let _ = client.wr.write_all(replies::OK).await;
+                    let _ = client.wr.shutdown().await;
+                    return Ok(LoginOutcome::Quit);
+                }
+                PreAuth::Authenticate {
+                    user,
+                    password,
+                    login,
+                } => (user, password, login),
+            };
+            attempts += 1;
+            let result = tokio::time::timeout_at(deadline, verify(ctx, &user, &password))
+                .await
+                .map_err(|_| SessionError::LoginTimeout)?;
+            audit(ctx, peer, &user, result.as_ref().map_err(|f| *f));
+            match result {
+                Ok(id) => return Ok(LoginOutcome::Login(id, login, true)),
+                Err(_) => {
+                    ctx.metrics.refused("wrongpass");
+                    client
+                        .wr
+                        .write_all(replies::WRONGPASS)
+                        .await
+                        .map_err(SessionError::ClientIo)?;
+                    if attempts >= MAX_AUTH_ATTEMPTS {
+                        ctx.metrics.refused("too_many_auth_attempts");
+                        let _ = client.wr.shutdown().await;
+                        return Err(SessionError::ClientProtocol(
+                            "too many failed AUTH attempts".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        if client.buf.len() > PREAUTH_MAX_BUFFER {
+            let e = ProtocolError::UnauthenticatedBulkLength;
+            return Err(protocol_error(ctx, &mut client.wr, e).await);
+        }
+        client.buf.reserve(READ_CHUNK);
+        let room = PREAUTH_MAX_BUFFER + 1 - client.buf.len().min(PREAUTH_MAX_BUFFER);
+        let mut limited = (&mut client.rd).take(room as u64);
+        match tokio::time::timeout_at(deadline, limited.read_buf(&mut client.buf)).await {
+            Err(_) => {
+                ctx.metrics.refused("login_timeout");
+                return Err(SessionError::LoginTimeout);
+            }
+            Ok(Err(e)) => return Err(SessionError::ClientIo(e)),
+            Ok(Ok(0)) => return Ok(LoginOutcome::Quit),
+            Ok(Ok(n)) => ctx.metrics.bytes_in.inc_by(n as u64),
+        }
+    }
+}
+
+/// Writes Redis's protocol error reply and ends the session, as Redis does.
+async fn protocol_error(
+    ctx: &Context,
+    wr: &mut WriteHalf<ClientStream>,
+    e: ProtocolError,
+) -> SessionError {
+    ctx.metrics.refused("protocol_error");
+    let _ = wr.write_all(&replies::error(&e.to_string())).await;
+    let _ = wr.shutdown().await;
+    SessionError::ClientProtocol(e.to_string())
+}
+
+/// A request that looks like HTTP: Redis closes such connections silently
+/// (server.c, `securityWarningCommand`) to stop cross-protocol scripting.
+fn is_http(req: &Request) -> bool {
+    let Some(name) = req.arg(0) else { return false };
+    if name.eq_ignore_ascii_case(b"post") || name.eq_ignore_ascii_case(b"host:") {
+        return true;
+    }
+    req.is_inline()
+        && name.eq_ignore_ascii_case(b"get")
+        && (1..req.argc())
+            .filter_map(|i| req.arg(i))
+            .any(|a| a.starts_with(b"HTTP/"))
+}
+
+fn eq(a: Option<&[u8]>, b: &str) -> bool {
+    a.is_some_and(|a| a.eq_ignore_ascii_case(b.as_bytes()))
+}
+
+fn preauth_action(req: &Request) -> PreAuth {
+    let name = req.arg(0);
+    if eq(name, "auth") {
+        return match parse_auth(req) {
+            Ok((user, password)) => PreAuth::Authenticate {
+                user,
+                password,
+                login: Login::Auth,
+            },
+            Err(reply) => PreAuth::Reply(reply),
+        };
+    }
+    if eq(name, "hello") {
+        return match parse_hello(req) {
+            Err(r) => PreAuth::ReplyOwned(r),
+            Ok(h) => match h.auth {
+                Some((user, password)) => PreAuth::Authenticate {
+                    user,
+                    password,
+                    login: Login::Hello {
+                        proto: h.proto.unwrap_or(2),
+                        setname: h.setname,
+                    },
+                },
+                None => PreAuth::Reply(replies::NOAUTH_HELLO),
+            },
+        };
+    }
+    if eq(name, "quit") {
+        return PreAuth::Quit;
+    }
+    PreAuth::Reply(replies::NOAUTH)
+}
+
+type UserPass = (Vec<u8>, zeroize::Zeroizing<Vec<u8>>);
+
+/// `AUTH password` (the `default` user) or `AUTH user password`.
+fn parse_auth(req: &Request) -> Result<UserPass, &'static [u8]> {
+    if !req.is_whole() {
+        return Err(replies::WRONGPASS);
+    }
+    match (req.argc(), req.arg(1), req.arg(2)) {
+        (2, Some(p), _) => Ok((b"default".to_vec(), zeroize::Zeroizing::new(p.to_vec()))),
+        (3, Some(u), Some(p)) => Ok((u.to_vec(), zeroize::Zeroizing::new(p.to_vec()))),
+        _ => Err(replies::AUTH_ARITY),
+    }
+}
+
+struct Hello {
+    proto: Option<u8>,
+    auth: Option<UserPass>,
+    setname: Option<Vec<u8>>,
+}
+
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`, as networking.c's `helloCommand` reads it.
+fn parse_hello(req: &Request) -> Result<Hello, Vec<u8>> {
+    if !req.is_whole() {
+        return Err(replies::WRONGPASS.to_vec());
+    }
+    let mut h = Hello {
+        proto: None,
+        auth: None,
+        setname: None,
+    };
+    if let Some(v) = req.arg(1) {
+        let v: i64 = std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| replies::HELLO_BAD_VERSION.to_vec())?;
+        if !(2..=3).contains(&v) {
+            return Err(replies::NOPROTO.to_vec());
+        }
+        h.proto = Some(v as u8);
+    }
+    let mut j = 2;
+    while j < req.argc() {
+        let more = req.argc() - 1 - j;
+        let opt = req.arg(j).unwrap_or(b"");
+        if opt.eq_ignore_ascii_case(b"auth") && more >= 2 {
+            let (u, p) = (req.arg(j + 1).unwrap_or(b""), req.arg(j + 2).unwrap_or(b""));
+            h.auth = Some((u.to_vec(), zeroize::Zeroizing::new(p.to_vec())));
+            j += 3;
+        } else if opt.eq_ignore_ascii_case(b"setname") && more >= 1 {
+            h.setname = Some(req.arg(j + 1).unwrap_or(b"").to_vec());
+            j += 2;
+        } else {
+            return Err(replies::hello_syntax_error(opt));
+        }
+    }
+    Ok(h)
+}
+
+/// Checks a password off the reactor, under the process-wide cap on concurrent checks.
+async fn verify(ctx: &Arc<Context>, user: &[u8], password: &[u8]) -> Result<Identity, AuthFailure> {
+    let _permit = ctx.auth_permits.acquire().await;
+    let users = ctx.users.clone();
+    let listener = ctx.listener.name.clone();
+    let user = user.to_vec();
+    let password = zeroize::Zeroizing::new(password.to_vec());
+    tokio::task::spawn_blocking(move || users.authenticate_password(&user, &password, &listener))
+        .await
+        .unwrap_or(Err(AuthFailure::UnknownUser))
+}
+
+/// One audit line and one metric per login attempt. The user label is the
+/// configured name or `unknown`; the logged name is escaped and truncated.
+fn audit(ctx: &Context, peer: SocketAddr, user: &[u8], result: Result<&Identity, AuthFailure>) {
+    let known = std::str::from_utf8(user)
+        .ok()
+        .filter(|u| ctx.users.contains(u));
+    let label = known.unwrap_or(UNKNOWN_USER);
+    match result {
+        Ok(id) => {
+            ctx.metrics.login(label, "success");
+            info!(target: "portcullis::audit", event = "login", %peer, listener = %ctx.listener.name,
+                user = %escape(user), result = "success", method = id.method().as_str());
+        }
+        Err(f) => {
+            ctx.metrics.login(label, "failure");
+            info!(target: "portcullis::audit", event = "login", %peer, listener = %ctx.listener.name,
+                user = %escape(user), result = "failure", reason = f.as_str());
+        }
+    }
+}
+
+/// A queue of byte chunks to write, written with vectored writes.
+#[derive(Default)]
+struct Outbox {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+    /// Bytes were written since the last flush (TLS may still hold them).
+    unflushed: bool,
+}
+
+impl Outbox {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.chunks.push_back(b);
+        }
+    }
+
+    fn wants_write(&self) -> bool {
+        self.len > 0 || self.unflushed
+    }
+
+    /// One vectored write (cancel-safe), or a flush once everything is written.
+    async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<usize> {
+        if self.len == 0 {
+            w.flush().await?;
+            self.unflushed = false;
+            return Ok(0);
+        }
+        let mut slices = [IoSlice::new(&[]); 32];
+        let mut k = 0;
+        for c in self.chunks.iter().take(slices.len()) {
+            slices[k] = IoSlice::new(c);
+            k += 1;
+        }
+        let n = w.write_vectored(&slices[..k]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        self.len -= n;
+        self.unflushed = true;
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                self.chunks.pop_front();
+            } else {
+                let _ = front.split_to(left);
+                left = 0;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A reply owed to the client, in request order.
+#[derive(Debug)]
+enum Slot {
+    /// The next backend reply goes to the client as it is.
+    Reply(Effect),
+    /// Subscription confirmations of one kind; `None` until the count is known
+    /// (an UNSUBSCRIBE without arguments answers once per current subscription).
+    Subscribe {
+        kind: SubKind,
+        remaining: Option<usize>,
+    },
+    /// The backend reply is dropped and this one sent instead (EXEC → EXECABORT).
+    Replace(&'static [u8]),
+    /// A command the proxy sent itself (backend re-login); its reply must be OK and is dropped.
+    Internal,
+    /// A reply the proxy wrote itself.
+    Local(Bytes),
+    /// Close once everything before has been sent (QUIT, protocol error).
+    Close,
+}
+
+/// State to update when a forwarded command's reply arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    None,
+    /// HELLO switched the protocol version (if the reply is not an error).
+    Proto(u8),
+    /// RESET: RESP2, no subscriptions.
+    Reset,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubKind {
+    Subscribe,
+    Unsubscribe,
+    PSubscribe,
+    PUnsubscribe,
+    SSubscribe,
+    SUnsubscribe,
+}
+
+impl SubKind {
+    fn of(name: &[u8]) -> Option<SubKind> {
+        Some(match name.to_ascii_lowercase().as_slice() {
+            b"subscribe" => SubKind::Subscribe,
+            b"unsubscribe" => SubKind::Unsubscribe,
+            b"psubscribe" => SubKind::PSubscribe,
+            b"punsubscribe" => SubKind::PUnsubscribe,
+            b"ssubscribe" => SubKind::SSubscribe,
+            b"sunsubscribe" => SubKind::SUnsubscribe,
+            _ => return None,
+        })
+    }
+
+    fn reply_name(self) -> &'static str {
+        match self {
+            SubKind::Subscribe => "subscribe",
+            SubKind::Unsubscribe => "unsubscribe",
+            SubKind::PSubscribe => "psubscribe",
+            SubKind::PUnsubscribe => "punsubscribe",
+            SubKind::SSubscribe => "ssubscribe",
+            SubKind::SUnsubscribe => "sunsubscribe",
+        }
+    }
+
+    fn of_reply(info: &FrameInfo) -> Option<SubKind> {
+        [
+            SubKind::Subscribe,
+            SubKind::Unsubscribe,
+            SubKind::PSubscribe,
+            SubKind::PUnsubscribe,
+            SubKind::SSubscribe,
+            SubKind::SUnsubscribe,
+        ]
+        .into_iter()
+        .find(|k| info.is_pubsub(k.reply_name()))
+    }
+}
+
+/// Subscription counts, kept from the counts in Redis's confirmations.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    channels: i64,
+    patterns: i64,
+    shard: i64,
+}
+
+impl Subscriptions {
+    fn active(&self) -> bool {
+        self.channels + self.patterns + self.shard > 0
+    }
+
+    /// Applies a confirmation: its third element is the count after it
+    /// (channels + patterns, or shard channels for the S- commands; pubsub.c).
+    fn apply(&mut self, kind: SubKind, count: i64) {
+        match kind {
+            SubKind::Subscribe | SubKind::Unsubscribe => {
+                self.channels = (count - self.patterns).max(0)
+            }
+            SubKind::PSubscribe | SubKind::PUnsubscribe => {
+                self.patterns = (count - self.channels).max(0)
+            }
+            SubKind::SSubscribe | SubKind::SUnsubscribe => self.shard = count.max(0),
+        }
+    }
+
+    /// How many confirmations an argument-less unsubscribe of `kind` produces.
+    fn unsubscribe_all_count(&self, kind: SubKind) -> usize {
+        let n = match kind {
+            SubKind::Unsubscribe => self.channels,
+            SubKind::PUnsubscribe => self.patterns,
+            SubKind::SUnsubscribe => self.shard,
+            _ => 1,
+        };
+        usize::try_from(n).unwrap_or(0).max(1)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Multi {
+    active: bool,
+    /// A command was refused inside MULTI: EXEC must fail with EXECABORT.
+    dirty: bool,
+}
+
+/// What happens to the bytes of a reply being streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// To the client, consuming the head slot.
+    Reply,
+    /// To the client, out of band (pub/sub message, RESP3 push).
+    Unsolicited,
+    /// Dropped (the head slot replaces or checks it).
+    Swallow,
+}
+
+/// Phase 4: the authenticated relay.
+struct Relay<'a> {
+    ctx: &'a Arc<Context>,
+    peer: SocketAddr,
+    identity: Identity,
+    /// The backend login in use (changes when an AUTH switches user).
+    cred: Credential,
+    proto: u8,
+    client: Client,
+    brd: ReadHalf<BackendStream>,
+    bwr: WriteHalf<BackendStream>,
+    backend_in: BytesMut,
+    to_client: Outbox,
+    to_backend: Outbox,
+    slots: VecDeque<Slot>,
+    scanner: ReplyScanner,
+    /// Bytes of `backend_in` already given to the scanner.
+    scanned: usize,
+    /// How the reply being streamed is handled, once it is.
+    streaming_reply: Option<Disposition>,
+    /// The rest of a large request, and whether it goes to the backend.
+    req_tail: Option<(Tail, bool)>,
+    multi: Multi,
+    subs: Subscriptions,
+    /// No more client input is read (QUIT, protocol error).
+    closing: bool,
+    auth_attempts: u32,
+}
+
+impl Relay<'_> {
+    async fn run(mut self) -> Result<(), SessionError> {
+        loop {
+            self.process_client().await?;
+            self.process_backend()?;
+            if self.closing && self.slots.is_empty() && !self.to_client.wants_write() {
+                let _ = self.client.wr.shutdown().await;
+                return Ok(());
+            }
+            let read_client = !self.closing
+                && self.client.buf.len() < CLIENT_IN_CAP
+                && self.slots.len() < self.ctx.limits.max_pipeline
+                && self.to_backend.len < OUT_CAP
+                && self.to_client.len < OUT_CAP;
+            let read_backend = self.backend_in.len() < REPLY_STREAM_AFTER + READ_CHUNK
+                && self.to_client.len < OUT_CAP;
+            if read_client {
+                self.client.buf.reserve(READ_CHUNK);
+            }
+            if read_backend {
+                self.backend_in.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                r = self.client.rd.read_buf(&mut self.client.buf), if read_client => {
+                    match r.map_err(SessionError::ClientIo)? {
+                        0 => return Ok(()),
+                        n => self.ctx.metrics.bytes_in.inc_by(n as u64),
+                    }
+                }
+                r = self.brd.read_buf(&mut self.backend_in), if read_backend => {
+                    if r.map_err(|e| SessionError::Backend(BackendError::Io(e)))? == 0 {
+                        // Redis closed the connection (CLIENT KILL, timeout): flush what it sent, then close.
+                        self.process_backend()?;
+                        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                            while self.to_client.wants_write() {
+                                if self.to_client.write_to(&mut self.client.wr).await.is_err() {
+                                    break;
+                                }
+                            }
+                        })
+                        .await;
+                        return Err(BackendError::Closed.into());
+                    }
+                }
+                r = self.to_backend.write_to(&mut self.bwr), if self.to_backend.wants_write() => {
+                    r.map_err(|e| SessionError::Backend(BackendError::Io(e)))?;
+                }
+                r = self.to_client.write_to(&mut self.client.wr), if self.to_client.wants_write() => {
+                    let n = r.map_err(SessionError::ClientIo)?;
+                    self.ctx.metrics.bytes_out.inc_by(n as u64);
+                }
+            }
+        }
+    }
+
+    /// Owes the client `reply` after everything already owed.
+    fn push_local(&mut self, reply: Bytes) {
+        if self.slots.is_empty() {
+            self.to_client.push(reply);
+        } else {
+            self.slots.push_back(Slot::Local(reply));
+        }
+    }
+
+    fn close_after_pending(&mut self) {
+        self.closing = true;
+        if self.slots.is_empty() {
+            return;
+        }
+        self.slots.push_back(Slot::Close);
+    }
+
+    fn forward(&mut self, raw: Bytes, slot: Slot) {
+        self.to_backend.push(raw);
+        self.slots.push_back(slot);
+    }
+
+    /// Decodes and dispatches client requests while there is room for their replies.
+    async fn process_client(&mut self) -> Result<(), SessionError> {
+        let limits = RequestLimits::AUTHENTICATED;
+        while !self.closing
+            && self.slots.len() < self.ctx.limits.max_pipeline
+            && self.to_backend.len < OUT_CAP
+            && self.to_client.len < OUT_CAP
+        {
+            if let Some((tail, forward)) = &mut self.req_tail {
+                let (chunk, done) = match tail.advance(&mut self.client.buf, &limits) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Mid-request: the backend has part of it, so the connection cannot continue.
+                        self.ctx.metrics.refused("protocol_error");
+                        return Err(SessionError::ClientProtocol(e.to_string()));
+                    }
+                };
+                if *forward {
+                    self.to_backend.push(chunk);
+                }
+                if !done {
+                    break;
+                }
+                self.req_tail = None;
+                continue;
+            }
+            let decoded = match decode(&mut self.client.buf, &limits) {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    if self.client.buf.len() >= CLIENT_IN_CAP {
+                        return Err(SessionError::ClientProtocol(
+                            "request buffer overflow".into(),
+                        ));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.ctx.metrics.refused("protocol_error");
+                    self.push_local(Bytes::from(replies::error(&e.to_string())));
+                    self.close_after_pending();
+                    break;
+                }
+            };
+            if let Decoded::Request(req) = decoded {
+                self.handle(req).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One authenticated request: answer it here, or forward it with a slot for its reply.
+    async fn handle(&mut self, mut req: Request) -> Result<(), SessionError> {
+        if is_http(&req) {
+            self.ctx.metrics.refused("http_request");
+            return Err(SessionError::Http);
+        }
+        let tail = req.tail.take();
+        let name = req.arg(0).unwrap_or(b"");
+        let forward = if eq(Some(name), "auth") {
+            self.reauth_auth(&req).await;
+            false
+        } else if eq(Some(name), "hello") {
+            self.hello(&req).await
+        } else if eq(Some(name), "quit") {
+            self.push_local(Bytes::from_static(replies::OK));
+            self.close_after_pending();
+            false
+        } else {
+            self.command(req)
+        };
+        if let Some(tail) = tail {
+            self.req_tail = Some((tail, forward));
+        }
+        Ok(())
+    }
+
+    /// Checks policy and forwards an ordinary command. Returns whether it was forwarded.
+    fn command(&mut self, req: Request) -> bool {
+        let name = req.arg(0).unwrap_or(b"");
+        let spec = super::commands::lookup(name);
+        let sub = if spec.is_some_and(|s| s.has_subcommands()) {
+            req.arg(1)
+        } else {
+            None
+        };
+        let verdict = self.identity.user().redis_policy.check(name, sub);
+        let unsupported = match spec.map(|s| s.name) {
+            // These break the one-reply-per-request model the proxy relies on.
+            Some("monitor") => Some("MONITOR"),
+            Some("sync") | Some("psync") => Some("SYNC"),
+            Some("client") if sub.is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) => {
+                Some("CLIENT REPLY")
+            }
+            _ => None,
+        };
+        if let Some(cmd) = unsupported.filter(|_| verdict == Verdict::Allow) {
+            self.deny(name, "unsupported", Bytes::from(replies::unsupported(cmd)));
+            return false;
+        }
+        if let Verdict::Deny(reason) = verdict {
+            let args = (1..req.argc().min(super::request::MAX_CAPTURED)).filter_map(|i| req.arg(i));
+            let reply = policy::deny_reply(reason, name, args);
+            self.deny(name, reason.label(), Bytes::from(reply));
+            return false;
+        }
+        self.ctx.metrics.allowed.inc();
+        let cmd = spec.map_or("", |s| s.name);
+        let argc = req.argc();
+        match cmd {
+            "multi" => {
+                if !self.multi.active {
+                    self.multi = Multi {
+                        active: true,
+                        dirty: false,
+                    };
+                }
+            }
+            "exec" if self.multi.active => {
+                let dirty = self.multi.dirty;
+                self.multi = Multi::default();
+                if dirty {
+                    // Redis discards a transaction in which a command was refused
+                    // (multi.c). DISCARD takes the backend out of MULTI; the client
+                    // gets the EXECABORT that Redis would have sent.
+                    self.forward(
+                        Request::from_args(&["DISCARD"]).into_raw(),
+                        Slot::Replace(replies::EXECABORT),
+                    );
+                    return true;
+                }
+            }
+            "discard" => self.multi = Multi::default(),
+            _ => {}
+        }
+        let slot = match cmd {
+            "hello" => Slot::Reply(Effect::None),
+            "reset" => {
+                // RESET also logs the connection out (Redis 6.2+): log back in right behind it.
+                self.multi = Multi::default();
+                self.forward(req.into_raw(), Slot::Reply(Effect::Reset));
+                self.relogin();
+                return true;
+            }
+            _ if !self.multi.active => match SubKind::of(name) {
+                Some(kind) if argc > 1 => Slot::Subscribe {
+                    kind,
+                    remaining: Some(argc - 1),
+                },
+                Some(
+                    kind @ (SubKind::Unsubscribe | SubKind::PUnsubscribe | SubKind::SUnsubscribe),
+                ) => Slot::Subscribe {
+                    kind,
+                    remaining: None,
+                },
+                _ => Slot::Reply(Effect::None),
+            },
+            _ => Slot::Reply(Effect::None),
+        };
+        self.forward(req.into_raw(), slot);
+        true
+    }
+
+    fn deny(&mut self, name: &[u8], reason: &'static str, reply: Bytes) {
+        self.ctx.metrics.denied.inc();
+        self.ctx.metrics.refused(reason);
+        info!(event = "command_refused", listener = %self.ctx.listener.name, peer = %self.peer,
+            user = %escape(self.identity.name().as_bytes()), command = %escape(name), reason);
+        if self.multi.active {
+            self.multi.dirty = true;
+        }
+        self.push_local(reply);
+    }
+
+    /// Sends the proxy's own AUTH to the backend; its reply is checked and dropped.
+    fn relogin(&mut self) {
+        let cmd = backend::login_command(&self.cred, &Login::Auth);
+        self.forward(Bytes::copy_from_slice(&cmd), Slot::Internal);
+    }
+
+    /// Verifies a new login mid-session. On success, switches the backend login
+    /// if the new user maps to another backend user. Returns false on failure
+    /// (the WRONGPASS reply is already owed).
+    async fn switch_user(&mut self, user: &[u8], password: &[u8]) -> Result<bool, SessionError> {
+        self.auth_attempts += 1;
+        let result = verify(self.ctx, user, password).await;
+        audit(self.ctx, self.peer, user, result.as_ref().map_err(|f| *f));
+        let id = match result {
+            Ok(id) => id,
+            Err(_) => {
+                // As in Redis, a failed AUTH leaves the connection logged in as before.
+                self.ctx.metrics.refused("wrongpass");
+                self.push_local(Bytes::from_static(replies::WRONGPASS));
+                if self.auth_attempts >= MAX_AUTH_ATTEMPTS {
+                    self.close_after_pending();
+                }
+                return Ok(false);
+            }
+        };
+        let cred = id
+            .backend_credential(&self.ctx.listener.backend.credential)
+            .clone();
+        let same = cred.user == self.cred.user && cred.password.ct_eq(self.cred.password.expose());
+        self.identity = id;
+        if !same {
+            self.cred = cred;
+            self.relogin();
+        }
+        Ok(true)
+    }
+
+    async fn reauth_auth(&mut self, req: &Request) {
+        match parse_auth(req) {
+            Ok((user, password)) => {
+                if let Ok(true) = self.switch_user(&user, &password).await {
+                    self.push_local(Bytes::from_static(replies::OK));
+                }
+            }
+            Err(reply) => self.push_local(Bytes::from_static(reply)),
+        }
+    }
+
+    /// HELLO after login: AUTH is handled here, the rest is forwarded without it.
+    async fn hello(&mut self, req: &Request) -> bool {
+        let h = match parse_hello(req) {
+            Ok(h) => h,
+            Err(reply) => {
+                self.push_local(Bytes::from(reply));
+                return false;
+            }
+        };
+        if let Some((user, password)) = &h.auth {
+            if !matches!(self.switch_user(user, password).await, Ok(true)) {
+                return false;
+            }
+        }
+        let mut args: Vec<&[u8]> = vec![b"HELLO"];
+        let proto;
+        if let Some(p) = h.proto {
+            proto = [b'0' + p];
+            args.push(&proto);
+        }
+        if let Some(n) = &h.setname {
+            args.push(b"SETNAME");
+            args.push(n);
+        }
+        let raw = Request::from_args(&args).into_raw();
+        let effect = h.proto.map_or(Effect::None, Effect::Proto);
+        self.ctx.metrics.allowed.inc();
+        self.forward(raw, Slot::Reply(effect));
+        true
+    }
+
+    /// Scans backend replies and routes them, stopping when the client side is full.
+    fn process_backend(&mut self) -> Result<(), SessionError> {
+        while self.to_client.len < OUT_CAP && self.scanned < self.backend_in.len() {
+            let step = self
+                .scanner
+                .scan(&self.backend_in[self.scanned..])
+                .map_err(|e| SessionError::Backend(BackendError::Protocol(e.to_string())))?;
+            match step {
+                Scan::Complete { len, info } => {
+                    let end = self.scanned + len;
+                    let chunk = self.backend_in.split_to(end).freeze();
+                    self.scanned = 0;
+                    let disposition = match self.streaming_reply.take() {
+                        Some(d) => d,
+                        None => self.classify(&info),
+                    };
+                    if disposition != Disposition::Swallow {
+                        self.to_client.push(chunk);
+                    }
+                    if disposition != Disposition::Unsolicited {
+                        self.reply_done(&info)?;
+                    }
+                }
+                Scan::Partial => {
+                    self.scanned = self.backend_in.len();
+                    if self.scanned >= REPLY_STREAM_AFTER {
+                        let info = *self.scanner.partial_info();
+                        let d = match self.streaming_reply {
+                            Some(d) => d,
+                            None => self.classify(&info),
+                        };
+                        self.streaming_reply = Some(d);
+                        let chunk = self.backend_in.split().freeze();
+                        self.scanned = 0;
+                        if d != Disposition::Swallow {
+                            self.to_client.push(chunk);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides where a backend reply goes, from its first bytes.
+    fn classify(&self, info: &FrameInfo) -> Disposition {
+        let head = self.slots.front();
+        if info.is_push() {
+            // RESP3: pushes are out of band, except subscription confirmations owed to a SUBSCRIBE.
+            return match (head, SubKind::of_reply(info)) {
+                (Some(Slot::Subscribe { kind, .. }), Some(k)) if *kind == k => Disposition::Reply,
+                _ => Disposition::Unsolicited,
+            };
+        }
+        if self.proto == 2
+            && self.subs.active()
+            && (info.is_pubsub("message")
+                || info.is_pubsub("pmessage")
+                || info.is_pubsub("smessage"))
+        {
+            return Disposition::Unsolicited;
+        }
+        match head {
+            Some(Slot::Replace(_) | Slot::Internal) => Disposition::Swallow,
+            _ => Disposition::Reply,
+        }
+    }
+
+    /// A reply for the head slot is complete: update state and release what follows.
+    fn reply_done(&mut self, info: &FrameInfo) -> Result<(), SessionError> {
+        let Some(head) = self.slots.front_mut() else {
+            return Err(SessionError::Backend(BackendError::Protocol(
+                "reply without a request".into(),
+            )));
+        };
+        let done = match head {
+            Slot::Reply(effect) => {
+                match (*effect, info.is_error()) {
+                    (Effect::Proto(p), false) => self.proto = p,
+                    (Effect::Reset, false) => {
+                        self.proto = 2;
+                        self.subs = Subscriptions::default();
+                    }
+                    _ => {}
+                }
+                true
+            }
+            Slot::Subscribe { kind, remaining } => {
+                let kind = *kind;
+                if info.is_error() {
+                    true
+                } else {
+                    // An argument-less unsubscribe is counted now that every earlier reply is in.
+                    let owed = remaining.unwrap_or_else(|| self.subs.unsubscribe_all_count(kind));
+                    if let Some(count) = info.children[2].integer() {
+                        self.subs.apply(kind, count);
+                    }
+                    let left = owed.saturating_sub(1);
+                    *remaining = Some(left);
+                    left == 0
+                }
+            }
+            Slot::Replace(reply) => {
+                let reply = *reply;
+                self.to_client.push(Bytes::from_static(reply));
+                true
+            }
+            Slot::Internal => {
+                if info.is_error() {
+                    self.to_client
+                        .push(Bytes::from_static(replies::BACKEND_UNAVAILABLE));
+                    return Err(SessionError::Backend(BackendError::LoginRefused));
+                }
+                true
+            }
+            Slot::Local(_) | Slot::Close => true,
+        };
+        if done {
+            self.slots.pop_front();
+        }
+        while let Some(Slot::Local(_) | Slot::Close) = self.slots.front() {
+            match self.slots.pop_front() {
+                Some(Slot::Local(b)) => self.to_client.push(b),
+                Some(Slot::Close) => self.closing = true,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(args: &[&str]) -> Request {
+        Request::from_args(args)
+    }
+
+    #[test]
+    fn hello_parsing() {
+        let h = parse_hello(&req(&["HELLO", "3", "AUTH", "u", "p", "SETNAME", "n"]))
+            .ok()
+            .expect("valid");
+        assert_eq!(h.proto, Some(3));
+        assert_eq!(
+            h.auth.as_ref().map(|(u, p)| (u.clone(), p.to_vec())),
+            Some((b"u".to_vec(), b"p".to_vec()))
+        );
+        assert_eq!(h.setname, Some(b"n".to_vec()));
+        assert_eq!(
+            parse_hello(&req(&["HELLO", "4"])).err(),
+            Some(replies::NOPROTO.to_vec())
+        );
+        assert_eq!(
+            parse_hello(&req(&["HELLO", "x"])).err(),
+            Some(replies::HELLO_BAD_VERSION.to_vec())
+        );
+        assert_eq!(
+            parse_hello(&req(&["HELLO", "3", "AUTH", "u"])).err(),
+            Some(b"-ERR Syntax error in HELLO option 'AUTH'\r\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn preauth_only_auth_hello_quit() {
+        assert!(
+            matches!(preauth_action(&req(&["GET", "k"])), PreAuth::Reply(r) if r == replies::NOAUTH)
+        );
+        assert!(matches!(
+            preauth_action(&req(&["auth", "pw"])),
+            PreAuth::Authenticate { .. }
+        ));
+        assert!(
+            matches!(preauth_action(&req(&["AUTH"])), PreAuth::Reply(r) if r == replies::AUTH_ARITY)
+        );
+        assert!(
+            matches!(preauth_action(&req(&["HELLO", "3"])), PreAuth::Reply(r) if r == replies::NOAUTH_HELLO)
+        );
+        assert!(matches!(preauth_action(&req(&["QUIT"])), PreAuth::Quit));
+    }
+
+    #[test]
+    fn http_detection() {
+        assert!(is_http(&req(&["POST", "/"])));
+        assert!(is_http(&req(&["Host:", "x"])));
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        let Some(Decoded::Request(r)) =
+            decode(&mut buf, &RequestLimits::UNAUTHENTICATED).expect("ok")
+        else {
+            panic!("expected a request")
+        };
+        assert!(is_http(&r));
+        assert!(!is_http(&req(&["GET", "HTTP/1.1"])));
+    }
+
+    #[test]
+    fn unsubscribe_all_counts() {
+        let mut s = Subscriptions::default();
+        s.apply(SubKind::Subscribe, 1);
+        s.apply(SubKind::Subscribe, 2);
+        s.apply(SubKind::PSubscribe, 3);
+        assert_eq!((s.channels, s.patterns), (2, 1));
+        assert_eq!(s.unsubscribe_all_count(SubKind::Unsubscribe), 2);
+        assert_eq!(s.unsubscribe_all_count(SubKind::SUnsubscribe), 1);
+    }
+}

@@ -1,0 +1,299 @@
+//! Listeners, the accept loop, connection permits and draining on shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::Users;
+use crate::config::{Config, Limits, Listener, Protocol};
+use crate::metrics::{ListenerMetrics, Metrics};
+
+/// Longest pause after an accept error such as EMFILE.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// After the grace period, how long closed sessions get to finish unwinding.
+const FORCE_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Startup failed.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Everything a session needs, shared by all sessions of one listener.
+#[derive(Debug)]
+pub struct Context {
+    /// The listener's config.
+    pub listener: Arc<Listener>,
+    /// The user table.
+    pub users: Arc<Users>,
+    /// Process-wide limits.
+    pub limits: Limits,
+    /// Metric handles for this listener.
+    pub metrics: ListenerMetrics,
+    /// Caps concurrent password verifications (PBKDF2) across the process.
+    pub auth_permits: Arc<Semaphore>,
+    /// Cancelled when sessions must close (end of the shutdown grace period).
+    pub close: CancellationToken,
+}
+
+/// Stops a running proxy.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown {
+    stop_accepting: CancellationToken,
+}
+
+impl Shutdown {
+    /// A fresh handle.
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    /// Starts a graceful shutdown: stop accepting, drain, then close.
+    pub fn trigger(&self) {
+        self.stop_accepting.cancel();
+    }
+}
+
+/// A proxy that is serving.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound address of each listener, by name.
+    pub listeners: HashMap<String, SocketAddr>,
+    /// Bound admin address.
+    pub admin: Option<SocketAddr>,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    shutdown: Shutdown,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Handle to trigger shutdown from elsewhere.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Triggers shutdown and waits for it to complete.
+    pub async fn shutdown(self) {
+        self.shutdown.trigger();
+        let _ = self.done.await;
+    }
+
+    /// Waits until the proxy has stopped (after a trigger from elsewhere).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds every listener and the admin endpoint, then serves in the background.
+pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
+    let metrics = Metrics::new();
+    let close = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let conn_permits = Arc::new(Semaphore::new(config.limits.max_connections));
+    let auth_permits = Arc::new(Semaphore::new(config.limits.max_concurrent_auth));
+    for w in &config.warnings {
+        warn!(event = "config_warning", "{w}");
+    }
+
+    let mut bound = HashMap::new();
+    let mut loops = Vec::new();
+    for l in &config.listeners {
+        let sock = TcpListener::bind(l.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
+        let addr = sock.local_addr().map_err(|source| StartError::Bind {
+            name: l.name.clone(),
+            addr: l.listen,
+            source,
+        })?;
+        info!(event = "listening", listener = %l.name, protocol = l.protocol.as_str(), %addr, tls = l.tls.is_some());
+        bound.insert(l.name.clone(), addr);
+        let ctx = Arc::new(Context {
+            listener: l.clone(),
+            users: config.users.clone(),
+            limits: config.limits.clone(),
+            metrics: metrics.listener(&l.name),
+            auth_permits: auth_permits.clone(),
+            close: close.clone(),
+        });
+        loops.push((sock, ctx));
+    }
+
+    let admin = match config.admin {
+        Some(addr) => {
+            let sock = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: "admin".into(),
+                    addr,
+                    source,
+                })?;
+            let local = sock.local_addr().map_err(|source| StartError::Bind {
+                name: "admin".into(),
+                addr,
+                source,
+            })?;
+            info!(event = "listening", listener = "admin", addr = %local);
+            let state = crate::admin::AdminState {
+                metrics: metrics.clone(),
+                backends: config.backends.clone(),
+            };
+            tokio::spawn(crate::admin::serve(
+                sock,
+                state,
+                shutdown.stop_accepting.clone(),
+            ));
+            Some(local)
+        }
+        None => None,
+    };
+
+    let grace = config.limits.shutdown_grace;
+    let stop = shutdown.stop_accepting.clone();
+    let done = tokio::spawn(async move {
+        let mut accept_loops = Vec::new();
+        for (sock, ctx) in loops {
+            accept_loops.push(tokio::spawn(accept_loop(
+                sock,
+                ctx,
+                conn_permits.clone(),
+                tracker.clone(),
+                stop.clone(),
+            )));
+        }
+        for a in accept_loops {
+            let _ = a.await;
+        }
+        tracker.close();
+        info!(
+            event = "draining",
+            sessions = tracker.len(),
+            grace_secs = grace.as_secs_f64()
+        );
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            warn!(event = "closing_sessions", sessions = tracker.len());
+            close.cancel();
+            let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, tracker.wait()).await;
+        }
+        info!(event = "stopped");
+    });
+    Ok(Running {
+        listeners: bound,
+        admin,
+        metrics,
+        shutdown,
+        done,
+    })
+}
+
+/// Accepts until shutdown. Errors (EMFILE, ECONNABORTED …) are counted, logged
+/// at most once a second, and followed by a growing pause when the process is
+/// out of descriptors or memory, so the loop never spins and never dies.
+async fn accept_loop(
+    sock: TcpListener,
+    ctx: Arc<Context>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(5);
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            r = sock.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff = Duration::from_millis(5);
+                ctx.metrics
+                    .all()
+                    .connections_accepted
+                    .with_label_values(&[ctx.metrics.listener()])
+                    .inc();
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    refuse_connection(&ctx, tcp, "max_connections");
+                    continue;
+                };
+                let ctx = ctx.clone();
+                tracker.spawn(async move {
+                    serve_connection(ctx, tcp, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                ctx.metrics
+                    .all()
+                    .accept_errors
+                    .with_label_values(&[ctx.metrics.listener()])
+                    .inc();
+                if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    warn!(event = "accept_error", listener = %ctx.listener.name, error = %e);
+                    last_log = Some(Instant::now());
+                }
+                if is_resource_exhaustion(&e) {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Refuses a connection over the cap without any TLS work.
+fn refuse_connection(ctx: &Arc<Context>, tcp: TcpStream, reason: &'static str) {
+    ctx.metrics.connection_refused(reason);
+    // A plain Redis listener can say why; over TLS the reply would need a handshake first.
+    if ctx.listener.protocol == Protocol::Redis && ctx.listener.tls.is_none() {
+        let _ = tcp.try_write(b"-ERR max number of clients reached\r\n");
+    }
+}
+
+async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let started = Instant::now();
+    ctx.metrics.active.inc();
+    match ctx.listener.protocol {
+        Protocol::Redis => crate::redis::session::serve(&ctx, tcp, peer).await,
+        Protocol::Postgres => ctx.metrics.connection_refused("protocol_unsupported"),
+    }
+    ctx.metrics.active.dec();
+    ctx.metrics
+        .all()
+        .session_seconds
+        .with_label_values(&[ctx.metrics.listener()])
+        .observe(started.elapsed().as_secs_f64());
+}
