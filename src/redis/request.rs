@@ -161,6 +161,8 @@ impl Request {
 }
 
 /// What one call to [`decode`] found.
+// `Request` is large next to `Skip`, but boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
     /// Bytes Redis ignores without replying (an empty line, `*0`, `*-1`).

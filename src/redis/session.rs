@@ -870,13 +870,11 @@ impl Relay<'_> {
         let cmd = spec.map_or("", |s| s.name);
         let argc = req.argc();
         match cmd {
-            "multi" => {
-                if !self.multi.active {
-                    self.multi = Multi {
-                        active: true,
-                        dirty: false,
-                    };
-                }
+            "multi" if !self.multi.active => {
+                self.multi = Multi {
+                    active: true,
+                    dirty: false,
+                };
             }
             "exec" if self.multi.active => {
                 let dirty = self.multi.dirty;
@@ -1154,9 +1152,9 @@ mod tests {
 
     #[test]
     fn hello_parsing() {
-        let h = parse_hello(&req(&["HELLO", "3", "AUTH", "u", "p", "SETNAME", "n"]))
-            .ok()
-            .expect("valid");
+        let Ok(h) = parse_hello(&req(&["HELLO", "3", "AUTH", "u", "p", "SETNAME", "n"])) else {
+            panic!("valid HELLO refused")
+        };
         assert_eq!(h.proto, Some(3));
         assert_eq!(
             h.auth.as_ref().map(|(u, p)| (u.clone(), p.to_vec())),
