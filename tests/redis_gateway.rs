@@ -313,7 +313,10 @@ async fn denied_command_inside_multi_aborts_exec() {
     raw.cmd(&["MULTI"]).await;
     raw.cmd(&["SET", "t", "2"]).await;
     raw.cmd(&["EXEC"]).await;
-    let r = raw.replies(9).await;
+    raw.cmd(&["MULTI"]).await;
+    raw.cmd(&["AUTH", "bob", "bob-pw"]).await;
+    raw.cmd(&["EXEC"]).await;
+    let r = raw.replies(12).await;
     assert_eq!(
         r,
         vec![
@@ -326,6 +329,9 @@ async fn denied_command_inside_multi_aborts_exec() {
             "+OK\r\n",
             "+QUEUED\r\n",
             "*1\r\n+OK\r\n",
+            "+OK\r\n",
+            "-ERR Command not allowed inside a transaction\r\n",
+            "-EXECABORT Transaction discarded because of previous errors.\r\n",
         ]
     );
 }
@@ -815,4 +821,43 @@ async fn graceful_shutdown_lets_sessions_finish() {
     assert!(raw.closed_within(Duration::from_secs(5)).await.is_some());
     stop.await.expect("shutdown");
     assert!(t.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_over_tls_with_verification() {
+    let certs = std::sync::Arc::new(Certs::new());
+    let redis = RedisServer::start_tls(&certs);
+    let mut cfg = ProxyConfig::new(redis.port);
+    cfg.backend_extra = format!(
+        "[backend.tls]\nmode = \"verify-full\"\nca = {:?}\nserver_name = \"localhost\"\n",
+        certs.paths.ca_cert
+    );
+    let proxy = Proxy::start_with_certs(&cfg, certs.clone()).await;
+    let mut raw = proxy.raw().await;
+    raw.cmd(&["AUTH", "alice", "alice-pw"]).await;
+    raw.cmd(&["SET", "t", "over-tls"]).await;
+    raw.cmd(&["GET", "t"]).await;
+    assert_eq!(
+        raw.replies(3).await,
+        vec!["+OK\r\n", "+OK\r\n", "$8\r\nover-tls\r\n"]
+    );
+
+    // A backend certificate for another name fails verify-full: the client learns nothing more.
+    let mut cfg = ProxyConfig::new(redis.port);
+    cfg.backend_extra = format!(
+        "[backend.tls]\nmode = \"verify-full\"\nca = {:?}\nserver_name = \"redis.example\"\n",
+        certs.paths.ca_cert
+    );
+    let proxy = Proxy::start_with_certs(&cfg, certs.clone()).await;
+    let mut raw = proxy.raw().await;
+    raw.cmd(&["AUTH", "alice", "alice-pw"]).await;
+    assert_eq!(
+        raw.closed_within(Duration::from_secs(5))
+            .await
+            .expect("closed"),
+        b"-ERR backend unavailable\r\n"
+    );
+    assert!(proxy
+        .metrics()
+        .contains(r#"portcullis_backend_errors_total{backend="redis",reason="tls"} 1"#));
 }

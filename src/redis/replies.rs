@@ -16,6 +16,8 @@ pub const HELLO_BAD_VERSION: &[u8] = b"-ERR Protocol version is not an integer o
 pub const AUTH_ARITY: &[u8] = b"-ERR wrong number of arguments for 'auth' command\r\n";
 /// EXEC after a command was refused inside MULTI (multi.c, `execCommand`).
 pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
+/// AUTH, HELLO or RESET inside MULTI (Redis's text for `no-multi` commands).
+pub const NOT_IN_MULTI: &[u8] = b"-ERR Command not allowed inside a transaction\r\n";
 /// The backend could not be reached or refused the proxy's login; no detail on purpose.
 pub const BACKEND_UNAVAILABLE: &[u8] = b"-ERR backend unavailable\r\n";
 

@@ -686,6 +686,22 @@ struct Relay<'a> {
 
 impl Relay<'_> {
     async fn run(mut self) -> Result<(), SessionError> {
+        let result = self.relay().await;
+        if matches!(result, Err(SessionError::Backend(_))) {
+            // The client may be owed an error reply (backend re-login refused): try to deliver it.
+            let flush = async {
+                while self.to_client.wants_write() {
+                    if self.to_client.write_to(&mut self.client.wr).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush).await;
+        }
+        result
+    }
+
+    async fn relay(&mut self) -> Result<(), SessionError> {
         loop {
             self.process_client().await?;
             self.process_backend()?;
@@ -715,16 +731,8 @@ impl Relay<'_> {
                 }
                 r = self.brd.read_buf(&mut self.backend_in), if read_backend => {
                     if r.map_err(|e| SessionError::Backend(BackendError::Io(e)))? == 0 {
-                        // Redis closed the connection (CLIENT KILL, timeout): flush what it sent, then close.
+                        // Redis closed the connection (CLIENT KILL, timeout): pass on what it sent, then close.
                         self.process_backend()?;
-                        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-                            while self.to_client.wants_write() {
-                                if self.to_client.write_to(&mut self.client.wr).await.is_err() {
-                                    break;
-                                }
-                            }
-                        })
-                        .await;
                         return Err(BackendError::Closed.into());
                     }
                 }
@@ -819,7 +827,16 @@ impl Relay<'_> {
         }
         let tail = req.tail.take();
         let name = req.arg(0).unwrap_or(b"");
-        let forward = if eq(Some(name), "auth") {
+        let in_multi_refused =
+            self.multi.active && ["auth", "hello", "reset"].iter().any(|c| eq(Some(name), c));
+        let forward = if in_multi_refused {
+            // These change the login the proxy tracks; inside MULTI Redis would
+            // queue RESET and refuse AUTH/HELLO, so the proxy refuses all three
+            // (flagging the transaction, as Redis does for a refused command).
+            let reply = Bytes::from_static(replies::NOT_IN_MULTI);
+            self.deny(name, "not_in_multi", reply);
+            false
+        } else if eq(Some(name), "auth") {
             self.reauth_auth(&req).await;
             false
         } else if eq(Some(name), "hello") {

@@ -79,6 +79,48 @@ impl RedisServer {
         }
     }
 
+    /// A redis-server that speaks only TLS (Redis's `tls-port`), with the test certificates.
+    pub fn start_tls(certs: &Certs) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let p = &certs.paths;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args([
+                "--requirepass",
+                BACKEND_PASSWORD,
+                "--tls-auth-clients",
+                "no",
+                "--tls-cert-file",
+            ])
+            .arg(&p.server_cert)
+            .arg("--tls-key-file")
+            .arg(&p.server_key)
+            .arg("--tls-ca-cert-file")
+            .arg(&p.ca_cert)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        wait_for_port(port);
+        RedisServer {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
     /// A direct (proxy-less) connection, logged in with the backend password.
     pub async fn direct(&self) -> redis::aio::MultiplexedConnection {
         let url = format!("redis://:{}@127.0.0.1:{}/", BACKEND_PASSWORD, self.port);
@@ -153,6 +195,8 @@ pub struct ProxyConfig {
     pub client_cert: &'static str,
     pub limits: String,
     pub users: String,
+    /// Extra lines for the `[[backend]]` table (e.g. `[backend.tls]`).
+    pub backend_extra: String,
 }
 
 impl ProxyConfig {
@@ -164,6 +208,7 @@ impl ProxyConfig {
             client_cert: "none",
             limits: String::new(),
             users: user("alice", "alice-pw", "") + &user("bob", "bob-pw", ""),
+            backend_extra: String::new(),
         }
     }
 
@@ -179,12 +224,13 @@ impl ProxyConfig {
         };
         format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\n\n[limits]\n{limits}\n\n\
-             [[backend]]\nname = \"redis\"\nprotocol = \"redis\"\naddress = \"127.0.0.1:{port}\"\npassword = {pw:?}\nconnect_timeout = \"2s\"\n\n\
+             [[backend]]\nname = \"redis\"\nprotocol = \"redis\"\naddress = \"127.0.0.1:{port}\"\npassword = {pw:?}\nconnect_timeout = \"2s\"\n{backend_extra}\n\n\
              [[listener]]\nname = \"redis\"\nprotocol = \"redis\"\nlisten = \"127.0.0.1:0\"\nbackend = \"redis\"\n[listener.tls]\n{tls}\n{users}",
             limits = self.limits,
             port = self.backend_port,
             pw = self.backend_password,
             users = self.users,
+            backend_extra = self.backend_extra,
         )
     }
 }
