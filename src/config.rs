@@ -178,6 +178,32 @@ struct RawListener {
     backend: String,
     #[serde(default)]
     tls: RawServerTls,
+    #[serde(default)]
+    postgres: RawPgListener,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPgListener {
+    #[serde(default)]
+    auth: PgAuth,
+    max_message_size: Option<usize>,
+}
+
+/// How PostgreSQL clients prove their password to the proxy.
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum PgAuth {
+    /// SCRAM-SHA-256 (and -PLUS on TLS).
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// `md5` in pg_hba.conf terms: with SCRAM verifiers stored, PostgreSQL
+    /// runs SCRAM instead, and so does the proxy.
+    #[serde(rename = "md5")]
+    Md5,
+    /// Clear-text password (TLS listeners only), checked against the verifier.
+    #[serde(rename = "password")]
+    Password,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -220,12 +246,18 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(3)
 }
 
+/// TLS towards a backend.
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-enum RawBackendTlsMode {
+pub enum BackendTlsMode {
+    /// Plain TCP.
     #[default]
     Disabled,
+    /// PostgreSQL only: TLS when the server offers it (chain checked), else plain.
+    Prefer,
+    /// TLS, chain checked against the CA, name not checked.
     Required,
+    /// TLS, chain and name checked.
     VerifyFull,
 }
 
@@ -233,7 +265,7 @@ enum RawBackendTlsMode {
 #[serde(deny_unknown_fields)]
 struct RawClientTls {
     #[serde(default)]
-    mode: RawBackendTlsMode,
+    mode: BackendTlsMode,
     ca: Option<PathBuf>,
     server_name: Option<String>,
 }
@@ -254,6 +286,16 @@ struct RawUser {
     backend_password_file: Option<PathBuf>,
     #[serde(default)]
     redis: RawRedisPolicy,
+    #[serde(default)]
+    postgres: RawPgPolicy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPgPolicy {
+    databases: Option<Vec<String>>,
+    #[serde(default)]
+    allow_replication: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +349,8 @@ pub struct ServerTls {
     pub required: bool,
     /// Whether client certificates are requested or required.
     pub client_cert: ClientCertMode,
+    /// `tls-server-end-point` channel binding data for our certificate (RFC 5929).
+    pub end_point: Vec<u8>,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -331,7 +375,22 @@ pub struct Listener {
     pub tls: Option<ServerTls>,
     /// Where authenticated sessions go.
     pub backend: Arc<Backend>,
+    /// PostgreSQL options.
+    pub postgres: PgListener,
 }
+
+/// PostgreSQL listener options.
+#[derive(Debug, Clone)]
+pub struct PgListener {
+    /// Password method offered to clients.
+    pub auth: PgAuth,
+    /// Largest message relayed in either direction.
+    pub max_message_size: usize,
+}
+
+/// Default cap on one PostgreSQL message: large enough for big rows and COPY
+/// chunks, small enough that a lying length cannot make the proxy wait forever.
+pub const DEFAULT_PG_MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// TLS towards a backend.
 #[derive(Clone)]
@@ -363,6 +422,8 @@ pub struct Backend {
     pub credential: Credential,
     /// Connect (TCP + TLS + login) deadline.
     pub connect_timeout: Duration,
+    /// TLS mode.
+    pub tls_mode: BackendTlsMode,
     /// TLS, if enabled.
     pub tls: Option<BackendTls>,
 }
@@ -439,12 +500,36 @@ impl Config {
                 ));
             }
             let tls = ctx.server_tls(&l.tls, l.protocol, &key)?;
+            if l.protocol == Protocol::Redis
+                && (l.postgres.max_message_size.is_some() || l.postgres.auth != PgAuth::default())
+            {
+                return Err(invalid(
+                    format!("{key}.postgres"),
+                    "only for postgres listeners",
+                ));
+            }
+            if l.postgres.auth == PgAuth::Password && tls.as_ref().is_none_or(|t| !t.required) {
+                return Err(invalid(
+                    format!("{key}.postgres.auth"),
+                    "clear-text passwords need tls.mode = \"required\"",
+                ));
+            }
+            let postgres = PgListener {
+                auth: l.postgres.auth,
+                max_message_size: at_least_one(
+                    l.postgres
+                        .max_message_size
+                        .unwrap_or(DEFAULT_PG_MAX_MESSAGE),
+                    &format!("{key}.postgres.max_message_size"),
+                )?,
+            };
             listeners.push(Arc::new(Listener {
                 name: l.name,
                 protocol: l.protocol,
                 listen,
                 tls,
                 backend,
+                postgres,
             }));
         }
         if listeners.is_empty() {
@@ -599,7 +684,7 @@ impl Ctx<'_> {
             })?;
         self.check_strength(&password, &format!("{key}.password"))?;
         let tls = match b.tls.mode {
-            RawBackendTlsMode::Disabled => None,
+            BackendTlsMode::Disabled => None,
             mode => {
                 let ca = b.tls.ca.as_ref().map(|p| self.path(p));
                 let host = b
@@ -609,7 +694,7 @@ impl Ctx<'_> {
                     .unwrap_or_else(|| host_of(&b.address).to_string());
                 let server_name = rustls_pki_types::ServerName::try_from(host)
                     .map_err(|e| invalid(format!("{key}.tls.server_name"), e.to_string()))?;
-                let verify = mode == RawBackendTlsMode::VerifyFull;
+                let verify = mode == BackendTlsMode::VerifyFull;
                 let config = tls::client_config(ca.as_deref(), verify)
                     .map_err(|e| invalid(format!("{key}.tls.ca"), e.to_string()))?;
                 Some(BackendTls {
@@ -618,6 +703,18 @@ impl Ctx<'_> {
                 })
             }
         };
+        if b.protocol == Protocol::Redis && b.tls.mode == BackendTlsMode::Prefer {
+            return Err(invalid(
+                format!("{key}.tls.mode"),
+                "\"prefer\" is for PostgreSQL backends only",
+            ));
+        }
+        if b.protocol == Protocol::Postgres && b.user.is_none() {
+            return Err(invalid(
+                format!("{key}.user"),
+                "a PostgreSQL backend needs the role the proxy logs in as",
+            ));
+        }
         if b.address.parse::<SocketAddr>().is_err() && !b.address.contains(':') {
             return Err(invalid(format!("{key}.address"), "expected host:port"));
         }
@@ -625,10 +722,8 @@ impl Ctx<'_> {
             name: b.name,
             protocol: b.protocol,
             address: b.address,
-            credential: Credential {
-                user: b.user,
-                password,
-            },
+            tls_mode: b.tls.mode,
+            credential: Credential::new(b.user, password),
             connect_timeout: positive(b.connect_timeout, &format!("{key}.connect_timeout"))?,
             tls,
         })
@@ -685,10 +780,13 @@ impl Ctx<'_> {
         };
         let config = tls::server_config(&cert, &tls_key, client_ca.as_deref(), t.client_cert, alpn)
             .map_err(|e| invalid(format!("{key}.tls"), e.to_string()))?;
+        let end_point = tls::end_point_hash(&cert)
+            .map_err(|e| invalid(format!("{key}.tls.cert"), e.to_string()))?;
         Ok(Some(ServerTls {
             config,
             required: t.mode == RawTlsMode::Required,
             client_cert: t.client_cert,
+            end_point,
         }))
     }
 
@@ -733,10 +831,7 @@ impl Ctx<'_> {
         )? {
             Some((password, _)) => {
                 self.check_strength(&password, &format!("{key}.backend_password"))?;
-                Some(Credential {
-                    user: u.backend_user.clone(),
-                    password,
-                })
+                Some(Credential::new(u.backend_user.clone(), password))
             }
             None if u.backend_user.is_some() => {
                 return Err(invalid(
@@ -757,6 +852,8 @@ impl Ctx<'_> {
             client_cert_names: u.client_cert_names,
             backend_credential,
             redis_policy: Arc::new(redis_policy),
+            pg_databases: u.postgres.databases,
+            pg_allow_replication: u.postgres.allow_replication,
         })
     }
 }

@@ -8,6 +8,11 @@
 //!   (backend reply boundaries) codecs, `commands` + `policy` (ACL rules),
 //!   `backend` (connect and log in), `session` (login phase, then the relay
 //!   that keeps replies in request order).
+//! - [`postgres`]: the PostgreSQL gateway: `codec` (startup packets, tagged
+//!   messages, a streaming framer), `messages` (one builder per message),
+//!   `session` (TLS negotiation, SCRAM at the proxy, then the relay),
+//!   `backend` (connect and log in), `cancel` (proxy keys → backend keys).
+//! - [`outbox`]: the write queue both relays use.
 //! - [`auth`]: users, secrets, SCRAM verifiers; [`auth::Identity`] is the
 //!   only proof of authentication and only `auth` builds it. No I/O.
 //! - [`config`]: TOML → validated types (secrets resolved, TLS loaded, rules compiled).
@@ -25,6 +30,8 @@ pub mod config;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod outbox;
+pub mod postgres;
 pub mod redis;
 pub mod server;
 pub mod stream;

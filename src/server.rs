@@ -12,9 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::Users;
+use crate::auth::{AuthFailure, Identity, Users};
 use crate::config::{Config, Limits, Listener, Protocol};
+use crate::logging::escape;
+use crate::metrics::UNKNOWN_USER;
 use crate::metrics::{ListenerMetrics, Metrics};
+use crate::postgres::cancel::CancelRegistry;
 
 /// Longest pause after an accept error such as EMFILE.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -52,6 +55,36 @@ pub struct Context {
     pub auth_permits: Arc<Semaphore>,
     /// Cancelled when sessions must close (end of the shutdown grace period).
     pub close: CancellationToken,
+    /// PostgreSQL cancel keys, shared by every listener.
+    pub cancels: Arc<CancelRegistry>,
+}
+
+impl Context {
+    /// One audit line and one metric per login attempt. The user label is the
+    /// configured name or `unknown`; the logged name is escaped and truncated.
+    pub fn audit_login(
+        &self,
+        peer: SocketAddr,
+        user: &[u8],
+        result: Result<&Identity, AuthFailure>,
+    ) {
+        let known = std::str::from_utf8(user)
+            .ok()
+            .filter(|u| self.users.contains(u));
+        let label = known.unwrap_or(UNKNOWN_USER);
+        match result {
+            Ok(id) => {
+                self.metrics.login(label, "success");
+                info!(target: "portcullis::audit", event = "login", %peer, listener = %self.listener.name,
+                    user = %escape(user), result = "success", method = id.method().as_str());
+            }
+            Err(f) => {
+                self.metrics.login(label, "failure");
+                info!(target: "portcullis::audit", event = "login", %peer, listener = %self.listener.name,
+                    user = %escape(user), result = "failure", reason = f.as_str());
+            }
+        }
+    }
 }
 
 /// Stops a running proxy.
@@ -110,6 +143,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let tracker = TaskTracker::new();
     let conn_permits = Arc::new(Semaphore::new(config.limits.max_connections));
     let auth_permits = Arc::new(Semaphore::new(config.limits.max_concurrent_auth));
+    let cancels = Arc::new(CancelRegistry::new());
     for w in &config.warnings {
         warn!(event = "config_warning", "{w}");
     }
@@ -138,6 +172,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
             metrics: metrics.listener(&l.name),
             auth_permits: auth_permits.clone(),
             close: close.clone(),
+            cancels: cancels.clone(),
         });
         loops.push((sock, ctx));
     }
@@ -277,8 +312,21 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 fn refuse_connection(ctx: &Arc<Context>, tcp: TcpStream, reason: &'static str) {
     ctx.metrics.connection_refused(reason);
     // A plain Redis listener can say why; over TLS the reply would need a handshake first.
-    if ctx.listener.protocol == Protocol::Redis && ctx.listener.tls.is_none() {
-        let _ = tcp.try_write(b"-ERR max number of clients reached\r\n");
+    // PostgreSQL clients read an ErrorResponse before any startup packet (as PostgreSQL
+    // itself answers "too many clients" from the postmaster).
+    match ctx.listener.protocol {
+        Protocol::Redis if ctx.listener.tls.is_none() => {
+            let _ = tcp.try_write(b"-ERR max number of clients reached\r\n");
+        }
+        Protocol::Postgres => {
+            let e = crate::postgres::messages::error_response(
+                crate::postgres::messages::Severity::Fatal,
+                "53300",
+                "sorry, too many clients already",
+            );
+            let _ = tcp.try_write(&e);
+        }
+        Protocol::Redis => {}
     }
 }
 
@@ -288,7 +336,7 @@ async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     ctx.metrics.active.inc();
     match ctx.listener.protocol {
         Protocol::Redis => crate::redis::session::serve(&ctx, tcp, peer).await,
-        Protocol::Postgres => ctx.metrics.connection_refused("protocol_unsupported"),
+        Protocol::Postgres => crate::postgres::session::serve(&ctx, tcp, peer).await,
     }
     ctx.metrics.active.dec();
     ctx.metrics

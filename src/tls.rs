@@ -210,6 +210,34 @@ pub fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
     names
 }
 
+/// `tls-server-end-point` channel binding data (RFC 5929 §4.1) for the first
+/// certificate in a PEM file: its hash under the certificate signature's hash
+/// algorithm, with SHA-256 standing in for MD5 and SHA-1.
+pub fn end_point_hash(cert_file: &Path) -> Result<Vec<u8>, TlsError> {
+    let cert = load_certs(cert_file)?.remove(0);
+    Ok(certificate_end_point_hash(&cert))
+}
+
+/// [`end_point_hash`] for a certificate in DER.
+pub fn certificate_end_point_hash(cert: &CertificateDer<'_>) -> Vec<u8> {
+    use sha2::Digest;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let oid = X509Certificate::from_der(cert.as_ref())
+        .map(|(_, c)| c.signature_algorithm.algorithm.to_id_string())
+        .unwrap_or_default();
+    match oid.as_str() {
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => {
+            sha2::Sha384::digest(cert.as_ref()).to_vec()
+        }
+        // sha512WithRSAEncryption, ecdsa-with-SHA512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => {
+            sha2::Sha512::digest(cert.as_ref()).to_vec()
+        }
+        _ => sha2::Sha256::digest(cert.as_ref()).to_vec(),
+    }
+}
+
 /// Bounded label for a failed TLS handshake.
 pub fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind;

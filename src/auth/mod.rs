@@ -5,6 +5,8 @@
 //! a backend without passing through here. Nothing in this module does I/O.
 
 pub mod scram;
+pub mod scram_client;
+pub mod scram_server;
 pub mod secret;
 
 use std::collections::HashMap;
@@ -22,6 +24,21 @@ pub struct Credential {
     pub user: Option<String>,
     /// Backend password.
     pub password: Secret,
+    /// SCRAM client keys derived from the password, kept across logins so the
+    /// proxy does not run PBKDF2 for every backend connection.
+    pub scram: scram_client::ClientKeyCache,
+}
+
+impl Credential {
+    /// A credential; the SCRAM key cache starts empty.
+    pub fn new(user: Option<String>, password: Secret) -> Credential {
+        let scram = scram_client::ClientKeyCache::new(password.expose());
+        Credential {
+            user,
+            password,
+            scram,
+        }
+    }
 }
 
 impl fmt::Debug for Credential {
@@ -50,9 +67,20 @@ pub struct User {
     pub backend_credential: Option<Credential>,
     /// Redis command rules.
     pub redis_policy: Arc<CommandPolicy>,
+    /// PostgreSQL databases this user may open; `None` means all.
+    pub pg_databases: Option<Vec<String>>,
+    /// Whether the user may open replication connections.
+    pub pg_allow_replication: bool,
 }
 
 impl User {
+    /// Whether the user may open PostgreSQL database `db`.
+    pub fn may_open(&self, db: &str) -> bool {
+        self.pg_databases
+            .as_ref()
+            .is_none_or(|dbs| dbs.iter().any(|d| d == db))
+    }
+
     /// Whether the user may log in on `listener`.
     pub fn may_use(&self, listener: &str) -> bool {
         !self.disabled
@@ -300,6 +328,8 @@ mod tests {
             client_cert_names: vec![format!("{name}.example")],
             backend_credential: None,
             redis_policy: Arc::new(CommandPolicy::default_policy()),
+            pg_databases: None,
+            pg_allow_replication: false,
         }
     }
 
@@ -348,10 +378,7 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let c = Credential {
-            user: Some("u".into()),
-            password: Secret::new(b"topsecret".to_vec()),
-        };
+        let c = Credential::new(Some("u".into()), Secret::new(b"topsecret".to_vec()));
         assert!(!format!("{c:?}").contains("topsecret"));
     }
 }

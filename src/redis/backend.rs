@@ -168,18 +168,12 @@ mod tests {
 
     #[test]
     fn login_commands() {
-        let cred = Credential {
-            user: None,
-            password: Secret::new(b"pw".to_vec()),
-        };
+        let cred = Credential::new(None, Secret::new(b"pw".to_vec()));
         assert_eq!(
             &login_command(&cred, &Login::Auth)[..],
             b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
         );
-        let cred = Credential {
-            user: Some("u".into()),
-            password: Secret::new(b"pw".to_vec()),
-        };
+        let cred = Credential::new(Some("u".into()), Secret::new(b"pw".to_vec()));
         let hello = Login::Hello {
             proto: 3,
             setname: Some(b"n".to_vec()),

@@ -10,12 +10,11 @@
 //!    the proxy's own included, goes back in request order.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -28,7 +27,7 @@ use super::request::{decode, Decoded, ProtocolError, Request, RequestLimits, Tai
 use crate::auth::{AuthFailure, Credential, Identity};
 use crate::error::{BackendError, SessionError};
 use crate::logging::escape;
-use crate::metrics::UNKNOWN_USER;
+use crate::outbox::Outbox;
 use crate::server::Context;
 use crate::stream::{BackendStream, ClientStream};
 
@@ -90,12 +89,12 @@ async fn run(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<(),
             .authenticate_certificate(&names, &ctx.listener.name)
         {
             Ok(id) => {
-                audit(ctx, peer, id.name().as_bytes(), Ok(&id));
+                ctx.audit_login(peer, id.name().as_bytes(), Ok(&id));
                 LoginOutcome::Login(id, Login::Auth, false)
             }
             Err(f) => {
                 let shown = names.first().map(String::as_bytes).unwrap_or(b"");
-                audit(ctx, peer, shown, Err(f));
+                ctx.audit_login(peer, shown, Err(f));
                 // Without a mapped certificate the client may still log in with a password.
                 login_phase(ctx, &mut client, peer, deadline).await?
             }
@@ -268,7 +267,7 @@ async fn login_phase(
             let result = tokio::time::timeout_at(deadline, verify(ctx, &user, &password))
                 .await
                 .map_err(|_| SessionError::LoginTimeout)?;
-            audit(ctx, peer, &user, result.as_ref().map_err(|f| *f));
+            ctx.audit_login(peer, &user, result.as_ref().map_err(|f| *f));
             match result {
                 Ok(id) => return Ok(LoginOutcome::Login(id, login, true)),
                 Err(_) => {
@@ -439,84 +438,6 @@ async fn verify(ctx: &Arc<Context>, user: &[u8], password: &[u8]) -> Result<Iden
     tokio::task::spawn_blocking(move || users.authenticate_password(&user, &password, &listener))
         .await
         .unwrap_or(Err(AuthFailure::UnknownUser))
-}
-
-/// One audit line and one metric per login attempt. The user label is the
-/// configured name or `unknown`; the logged name is escaped and truncated.
-fn audit(ctx: &Context, peer: SocketAddr, user: &[u8], result: Result<&Identity, AuthFailure>) {
-    let known = std::str::from_utf8(user)
-        .ok()
-        .filter(|u| ctx.users.contains(u));
-    let label = known.unwrap_or(UNKNOWN_USER);
-    match result {
-        Ok(id) => {
-            ctx.metrics.login(label, "success");
-            info!(target: "portcullis::audit", event = "login", %peer, listener = %ctx.listener.name,
-                user = %escape(user), result = "success", method = id.method().as_str());
-        }
-        Err(f) => {
-            ctx.metrics.login(label, "failure");
-            info!(target: "portcullis::audit", event = "login", %peer, listener = %ctx.listener.name,
-                user = %escape(user), result = "failure", reason = f.as_str());
-        }
-    }
-}
-
-/// A queue of byte chunks to write, written with vectored writes.
-#[derive(Default)]
-struct Outbox {
-    chunks: VecDeque<Bytes>,
-    len: usize,
-    /// Bytes were written since the last flush (TLS may still hold them).
-    unflushed: bool,
-}
-
-impl Outbox {
-    fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.len += b.len();
-            self.chunks.push_back(b);
-        }
-    }
-
-    fn wants_write(&self) -> bool {
-        self.len > 0 || self.unflushed
-    }
-
-    /// One vectored write (cancel-safe), or a flush once everything is written.
-    async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<usize> {
-        if self.len == 0 {
-            w.flush().await?;
-            self.unflushed = false;
-            return Ok(0);
-        }
-        let mut slices = [IoSlice::new(&[]); 32];
-        let mut k = 0;
-        for c in self.chunks.iter().take(slices.len()) {
-            slices[k] = IoSlice::new(c);
-            k += 1;
-        }
-        let n = w.write_vectored(&slices[..k]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        self.len -= n;
-        self.unflushed = true;
-        let mut left = n;
-        while left > 0 {
-            let Some(front) = self.chunks.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                self.chunks.pop_front();
-            } else {
-                let _ = front.split_to(left);
-                left = 0;
-            }
-        }
-        Ok(n)
-    }
 }
 
 /// A reply owed to the client, in request order.
@@ -961,7 +882,8 @@ impl Relay<'_> {
     async fn switch_user(&mut self, user: &[u8], password: &[u8]) -> Result<bool, SessionError> {
         self.auth_attempts += 1;
         let result = verify(self.ctx, user, password).await;
-        audit(self.ctx, self.peer, user, result.as_ref().map_err(|f| *f));
+        self.ctx
+            .audit_login(self.peer, user, result.as_ref().map_err(|f| *f));
         let id = match result {
             Ok(id) => id,
             Err(_) => {

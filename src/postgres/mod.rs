@@ -1,0 +1,7 @@
+//! The PostgreSQL gateway.
+
+pub mod backend;
+pub mod cancel;
+pub mod codec;
+pub mod messages;
+pub mod session;

@@ -1,0 +1,922 @@
+//! One PostgreSQL client session, in named phases:
+//!
+//! 1. **negotiate**: SSLRequest → `S` and TLS (or `N`), GSSENCRequest → `N`,
+//!    PG17 direct TLS (ALPN `postgresql` required), CancelRequest; bytes sent
+//!    after an SSL/GSS request but before our answer are refused;
+//! 2. **startup**: the StartupMessage is checked (user, protocol version, the
+//!    options a client may not set);
+//! 3. **authenticate**: SCRAM-SHA-256(-PLUS) against the proxy's verifier, or
+//!    a clear-text password over TLS; unknown users run a mock exchange;
+//! 4. **backend**: only now does the proxy connect and log in with its own
+//!    credentials; the client gets the backend's ParameterStatus, the proxy's
+//!    own BackendKeyData and ReadyForQuery;
+//! 5. **relay**: framed messages both ways, bounded in size, unchanged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::backend::{self, LoginError};
+use super::cancel::CancelTarget;
+use super::codec::{
+    decode_message, decode_startup, Frame, FrameError, Framer, Message, Startup, StartupPacket,
+    MAX_AUTH_MESSAGE,
+};
+use super::messages::{self, Severity};
+use crate::auth::scram::{Mechanism, ScramError, ScramFault};
+use crate::auth::scram_server::{ChannelBinding, ScramServer};
+use crate::auth::{AuthFailure, Identity};
+use crate::config::PgAuth;
+use crate::error::{BackendError, SessionError};
+use crate::logging::escape;
+use crate::outbox::Outbox;
+use crate::server::Context;
+use crate::stream::{BackendStream, ClientStream};
+
+/// First byte of a TLS handshake record: a client doing PG17 direct TLS.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// ALPN protocol PostgreSQL requires for direct TLS.
+const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// Bytes queued towards either side before the proxy stops reading the other.
+const OUT_CAP: usize = 256 * 1024;
+
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// SQLSTATE codes used here.
+mod sqlstate {
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+}
+
+/// A client connection and its read buffer.
+struct Conn {
+    stream: ClientStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    fn on_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    async fn read_more(&mut self) -> Result<(), SessionError> {
+        self.buf.reserve(READ_CHUNK);
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) => Err(SessionError::ClientIo(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(SessionError::ClientIo(e)),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(SessionError::ClientIo)?;
+        self.stream.flush().await.map_err(SessionError::ClientIo)
+    }
+
+    /// Reads one tagged message of at most `max` bytes.
+    async fn message(&mut self, max: usize) -> Result<Message, SessionError> {
+        loop {
+            match decode_message(&mut self.buf, max) {
+                Ok(Some(m)) => return Ok(m),
+                Ok(None) => self.read_more().await?,
+                Err(e) => return Err(SessionError::ClientProtocol(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Serves one accepted connection to the end, logging how it ended.
+pub async fn serve(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+    let result = tokio::select! {
+        r = run(ctx, tcp, peer) => r,
+        _ = ctx.close.cancelled() => Err(SessionError::Shutdown),
+    };
+    match result {
+        Ok(()) => debug!(event = "session_end", listener = %ctx.listener.name, %peer),
+        Err(e) => {
+            if !matches!(e, SessionError::ClientIo(_)) {
+                ctx.metrics.connection_refused(e.label());
+            }
+            info!(event = "session_end", listener = %ctx.listener.name, %peer, side = ?e.side(), reason = e.label(), error = %e);
+        }
+    }
+}
+
+/// Sends a FATAL error, closes, and returns the session error to log.
+async fn fatal(
+    ctx: &Context,
+    conn: &mut Conn,
+    code: &str,
+    text: &str,
+    reason: &'static str,
+) -> SessionError {
+    ctx.metrics.refused(reason);
+    let _ = conn
+        .send(&messages::error_response(Severity::Fatal, code, text))
+        .await;
+    let _ = conn.stream.shutdown().await;
+    SessionError::ClientProtocol(format!("{reason}: {}", escape(text.as_bytes())))
+}
+
+/// What the negotiation phase ended with.
+enum Negotiated {
+    Startup(Conn, Startup),
+    Done,
+}
+
+async fn run(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<(), SessionError> {
+    let deadline = Instant::now() + ctx.limits.login_timeout;
+    let login = async {
+        let (conn, startup) = match negotiate(ctx, tcp, peer).await? {
+            Negotiated::Startup(c, s) => (c, s),
+            Negotiated::Done => return Ok(None),
+        };
+        let mut conn = conn;
+        let (identity, database) = authenticate(ctx, &mut conn, &startup, peer).await?;
+        Ok::<_, SessionError>(Some((conn, startup, identity, database)))
+    };
+    let (mut conn, startup, identity, database) =
+        match tokio::time::timeout_at(deadline, login).await {
+            Ok(Ok(Some(x))) => x,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                ctx.metrics.refused("login_timeout");
+                return Err(SessionError::LoginTimeout);
+            }
+        };
+
+    // Phase 4: the backend, only now.
+    let backend = ctx.listener.backend.clone();
+    let cred = identity.backend_credential(&backend.credential).clone();
+    let session = match backend::connect(
+        &backend,
+        &cred,
+        &database,
+        &startup.params,
+        ctx.metrics.all(),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(LoginError::Passed(raw, fields)) => {
+            ctx.metrics.refused("backend_refused");
+            let _ = conn.send(&raw).await;
+            return Err(SessionError::ClientProtocol(format!(
+                "backend refused the session: {}",
+                escape(fields.code.as_bytes())
+            )));
+        }
+        Err(LoginError::Failed(e)) => {
+            info!(event = "backend_unavailable", listener = %ctx.listener.name, backend = %backend.name, error = %e);
+            let text = "could not connect to the server";
+            let _ = fatal(
+                ctx,
+                &mut conn,
+                sqlstate::CONNECTION_FAILURE,
+                text,
+                "backend_unavailable",
+            )
+            .await;
+            return Err(e.into());
+        }
+    };
+    let registration = session.key.as_ref().map(|(pid, secret)| {
+        ctx.cancels.register(CancelTarget {
+            backend: backend.clone(),
+            pid: *pid,
+            secret: secret.clone(),
+        })
+    });
+    let mut greeting = BytesMut::new();
+    for m in &session.greeting {
+        greeting.extend_from_slice(m);
+    }
+    if let Some(r) = &registration {
+        greeting.extend_from_slice(&messages::backend_key_data(r.pid, &r.secret));
+    }
+    greeting.extend_from_slice(&session.ready);
+    conn.send(&greeting).await?;
+    debug!(event = "session_ready", listener = %ctx.listener.name, %peer, user = %identity.name());
+
+    let max = ctx.listener.postgres.max_message_size;
+    let (crd, cwr) = tokio::io::split(conn.stream);
+    let (brd, bwr) = tokio::io::split(session.stream);
+    let relay = Relay {
+        ctx,
+        max,
+        crd,
+        cwr,
+        brd,
+        bwr,
+        client_in: conn.buf,
+        backend_in: session.leftover,
+        to_client: Outbox::default(),
+        to_backend: Outbox::default(),
+        client_framer: Framer::default(),
+        backend_framer: Framer::default(),
+        terminating: false,
+    };
+    let result = relay.run().await;
+    drop(registration);
+    result
+}
+
+/// Phase 1: the first packet(s), TLS, and cancel requests.
+async fn negotiate(
+    ctx: &Arc<Context>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Negotiated, SessionError> {
+    let tls = ctx.listener.tls.as_ref();
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await.map_err(SessionError::ClientIo)? == 0 {
+        return Ok(Negotiated::Done);
+    }
+    let mut tcp = Some(tcp);
+    let mut conn: Option<Conn> = None;
+    if first[0] == TLS_HANDSHAKE {
+        if let (Some(tls), Some(tcp)) = (tls, tcp.take()) {
+            // PG17 direct TLS: the handshake starts at once and must negotiate ALPN.
+            let stream = accept_tls(ctx, tls, tcp).await?;
+            if stream.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+                ctx.metrics.refused("direct_tls_without_alpn");
+                return Err(SessionError::ClientProtocol(
+                    "direct TLS connection without ALPN protocol negotiation".into(),
+                ));
+            }
+            conn = Some(Conn {
+                stream: ClientStream::Tls(Box::new(stream)),
+                buf: BytesMut::new(),
+            });
+        }
+    }
+    let mut plain_buf = BytesMut::new();
+    let mut gss_answered = false;
+    loop {
+        // Read a startup packet: from the plain socket until TLS starts, then from the connection.
+        let packet = loop {
+            let buf = match conn.as_mut() {
+                Some(c) => &mut c.buf,
+                None => &mut plain_buf,
+            };
+            match decode_startup(buf) {
+                Ok(Some(p)) => break p,
+                Ok(None) => {}
+                Err(e) => {
+                    let code = match e {
+                        FrameError::UnsupportedVersion(..) => sqlstate::FEATURE_NOT_SUPPORTED,
+                        _ => sqlstate::PROTOCOL_VIOLATION,
+                    };
+                    let mut c = match conn.take() {
+                        Some(c) => c,
+                        None => plain_conn(tcp.take(), std::mem::take(&mut plain_buf))?,
+                    };
+                    return Err(fatal(ctx, &mut c, code, &e.to_string(), "bad_startup").await);
+                }
+            }
+            match (conn.as_mut(), tcp.as_mut()) {
+                (Some(c), _) => c.read_more().await?,
+                (None, Some(t)) => {
+                    plain_buf.reserve(1024);
+                    if t.read_buf(&mut plain_buf)
+                        .await
+                        .map_err(SessionError::ClientIo)?
+                        == 0
+                    {
+                        return Ok(Negotiated::Done);
+                    }
+                }
+                (None, None) => return Ok(Negotiated::Done),
+            }
+        };
+        match packet {
+            StartupPacket::Ssl | StartupPacket::GssEnc => {
+                if let Some(mut c) = conn.take() {
+                    let text = "duplicate SSL negotiation request";
+                    return Err(fatal(
+                        ctx,
+                        &mut c,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        text,
+                        "bad_startup",
+                    )
+                    .await);
+                }
+                let ssl = matches!(packet, StartupPacket::Ssl);
+                if !plain_buf.is_empty() {
+                    // CVE-2021-23214: bytes pipelined after the request would otherwise be
+                    // taken as if they had arrived over the encrypted channel.
+                    let mut c = plain_conn(tcp.take(), std::mem::take(&mut plain_buf))?;
+                    let what = if ssl { "SSL" } else { "GSSAPI encryption" };
+                    let text = format!("received unencrypted data after {what} request");
+                    return Err(fatal(
+                        ctx,
+                        &mut c,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &text,
+                        "data_after_ssl_request",
+                    )
+                    .await);
+                }
+                let Some(t) = tcp.as_mut() else {
+                    return Ok(Negotiated::Done);
+                };
+                match (ssl, tls) {
+                    (true, Some(tls)) => {
+                        t.write_all(b"S").await.map_err(SessionError::ClientIo)?;
+                        let Some(t) = tcp.take() else {
+                            return Ok(Negotiated::Done);
+                        };
+                        let stream = accept_tls(ctx, tls, t).await?;
+                        conn = Some(Conn {
+                            stream: ClientStream::Tls(Box::new(stream)),
+                            buf: BytesMut::new(),
+                        });
+                    }
+                    (false, _) if gss_answered => {
+                        let mut c = plain_conn(tcp.take(), BytesMut::new())?;
+                        return Err(fatal(
+                            ctx,
+                            &mut c,
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "duplicate GSSAPI encryption request",
+                            "bad_startup",
+                        )
+                        .await);
+                    }
+                    _ => {
+                        gss_answered |= !ssl;
+                        t.write_all(b"N").await.map_err(SessionError::ClientIo)?;
+                    }
+                }
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                cancel(ctx, peer, pid, &secret).await;
+                return Ok(Negotiated::Done);
+            }
+            StartupPacket::Startup(startup) => {
+                let mut c = match conn.take() {
+                    Some(c) => c,
+                    None => plain_conn(tcp.take(), std::mem::take(&mut plain_buf))?,
+                };
+                if tls.is_some_and(|t| t.required) && !c.on_tls() {
+                    let text = "connection requires TLS (sslmode=require)";
+                    return Err(fatal(
+                        ctx,
+                        &mut c,
+                        sqlstate::INVALID_AUTHORIZATION,
+                        text,
+                        "tls_required",
+                    )
+                    .await);
+                }
+                return Ok(Negotiated::Startup(c, startup));
+            }
+        }
+    }
+}
+
+fn plain_conn(tcp: Option<TcpStream>, buf: BytesMut) -> Result<Conn, SessionError> {
+    let tcp = tcp.ok_or_else(|| SessionError::ClientIo(std::io::ErrorKind::NotConnected.into()))?;
+    Ok(Conn {
+        stream: ClientStream::Plain(tcp),
+        buf,
+    })
+}
+
+async fn accept_tls(
+    ctx: &Context,
+    tls: &crate::config::ServerTls,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, SessionError> {
+    match tokio_rustls::TlsAcceptor::from(tls.config.clone())
+        .accept(tcp)
+        .await
+    {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            ctx.metrics
+                .tls_failure(crate::tls::handshake_failure_reason(&e));
+            Err(SessionError::ClientTls(e))
+        }
+    }
+}
+
+/// A CancelRequest: forwarded only for a live key, rate limited per IP, never answered.
+async fn cancel(ctx: &Context, peer: SocketAddr, pid: u32, secret: &[u8]) {
+    if !ctx.cancels.allow(peer.ip()) {
+        ctx.metrics.refused("cancel_rate_limited");
+        return;
+    }
+    let Some(target) = ctx.cancels.lookup(pid, secret) else {
+        ctx.metrics.refused("cancel_unknown_key");
+        debug!(event = "cancel_refused", %peer, reason = "unknown_key");
+        return;
+    };
+    match backend::cancel(&target.backend, target.pid, &target.secret).await {
+        Ok(()) => info!(event = "cancel_forwarded", %peer, backend = %target.backend.name),
+        Err(e) => info!(event = "cancel_failed", %peer, backend = %target.backend.name, error = %e),
+    }
+}
+
+/// Whether `options` (PostgreSQL's `-c name=value` list) sets a GUC the client
+/// may not set through the proxy: `role` or `session_authorization` would let it
+/// act as another backend role than the one it was mapped to.
+fn forbidden_option(options: &str) -> bool {
+    let words = split_options(options);
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        let setting = if w == "-c" {
+            i += 1;
+            words.get(i).cloned()
+        } else {
+            w.strip_prefix("-c")
+                .or_else(|| w.strip_prefix("--"))
+                .map(str::to_string)
+        };
+        if let Some(s) = setting {
+            let name = s
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+                .replace('-', "_");
+            if name == "role" || name == "session_authorization" {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Splits `options` as `pg_split_opts` does: whitespace separates, backslash escapes.
+fn split_options(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    let mut in_word = false;
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            if in_word {
+                out.push(std::mem::take(&mut cur));
+                in_word = false;
+            }
+        } else {
+            in_word = true;
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            } else {
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+fn wants_replication(startup: &Startup) -> bool {
+    startup.get("replication").is_some_and(|v| {
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        )
+    })
+}
+
+/// Phases 2 and 3: check the startup packet and authenticate the client.
+async fn authenticate(
+    ctx: &Arc<Context>,
+    conn: &mut Conn,
+    startup: &Startup,
+    peer: SocketAddr,
+) -> Result<(Identity, String), SessionError> {
+    let options = startup.protocol_options();
+    if startup.minor > 0 || !options.is_empty() {
+        // We speak 3.0: protocol 3.2's longer cancel keys are negotiated away here.
+        conn.send(&messages::negotiate_protocol_version(196_608, &options))
+            .await?;
+    }
+    let Some(user_name) = startup
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+    else {
+        let text = "no PostgreSQL user name specified in startup packet";
+        return Err(fatal(
+            ctx,
+            conn,
+            sqlstate::INVALID_AUTHORIZATION,
+            text,
+            "bad_startup",
+        )
+        .await);
+    };
+    if startup.get("options").is_some_and(forbidden_option) {
+        let text = "setting role or session_authorization in startup options is not allowed";
+        return Err(fatal(
+            ctx,
+            conn,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            text,
+            "forbidden_option",
+        )
+        .await);
+    }
+    let database = startup
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user_name)
+        .to_string();
+    let shown = escape(user_name.as_bytes());
+    let failed_text = format!("password authentication failed for user \"{shown}\"");
+
+    let result = match ctx.listener.postgres.auth {
+        PgAuth::ScramSha256 | PgAuth::Md5 => scram_exchange(ctx, conn, &user_name).await?,
+        PgAuth::Password => cleartext_exchange(ctx, conn, &user_name).await?,
+    };
+    // Admission after the proof, so that a user refused here looks exactly like a wrong password.
+    let result = result.and_then(|id| {
+        if id.user().may_open(&database) {
+            Ok(id)
+        } else {
+            Err(AuthFailure::ListenerNotAllowed)
+        }
+    });
+    ctx.audit_login(peer, user_name.as_bytes(), result.as_ref().map_err(|f| *f));
+    let identity = match result {
+        Ok(id) => id,
+        Err(_) => {
+            return Err(fatal(
+                ctx,
+                conn,
+                sqlstate::INVALID_PASSWORD,
+                &failed_text,
+                "auth_failed",
+            )
+            .await);
+        }
+    };
+    if wants_replication(startup) && !identity.user().pg_allow_replication {
+        let text = "replication connections are not allowed for this user";
+        return Err(fatal(
+            ctx,
+            conn,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            text,
+            "replication_refused",
+        )
+        .await);
+    }
+    conn.send(&messages::auth_ok()).await?;
+    Ok((identity, database))
+}
+
+/// Reads a password-phase message; anything but `p` (a second StartupMessage
+/// included) is a protocol violation.
+async fn password_message(ctx: &Context, conn: &mut Conn) -> Result<Bytes, SessionError> {
+    let m = match conn.message(MAX_AUTH_MESSAGE).await {
+        Ok(m) => m,
+        Err(SessionError::ClientProtocol(e)) => {
+            return Err(fatal(
+                ctx,
+                conn,
+                sqlstate::PROTOCOL_VIOLATION,
+                &e,
+                "bad_auth_message",
+            )
+            .await)
+        }
+        Err(e) => return Err(e),
+    };
+    if m.tag != b'p' {
+        let text = format!("expected password response, got message type {}", m.tag);
+        return Err(fatal(
+            ctx,
+            conn,
+            sqlstate::PROTOCOL_VIOLATION,
+            &text,
+            "bad_auth_message",
+        )
+        .await);
+    }
+    Ok(m.body)
+}
+
+/// SCRAM-SHA-256 against the user's verifier, or a mock one: the exchange and
+/// its cost are the same for unknown users, users without a password and
+/// users not allowed here.
+async fn scram_exchange(
+    ctx: &Arc<Context>,
+    conn: &mut Conn,
+    user_name: &str,
+) -> Result<Result<Identity, AuthFailure>, SessionError> {
+    let user = ctx.users.get(user_name).cloned();
+    let mock;
+    let verifier = match user.as_ref().and_then(|u| u.verifier.as_ref()) {
+        Some(v) => v,
+        None => {
+            mock = ctx.users.mock_verifier(user_name.as_bytes());
+            &mock
+        }
+    };
+    let binding = match (&ctx.listener.tls, conn.on_tls()) {
+        (Some(tls), true) => ChannelBinding::TlsServerEndPoint(tls.end_point.clone()),
+        _ => ChannelBinding::Unsupported,
+    };
+    let offered = binding.offered_mechanisms();
+    let names: Vec<&str> = offered.iter().map(|m| m.name()).collect();
+    conn.send(&messages::auth_sasl(&names)).await?;
+
+    let body = password_message(ctx, conn).await?;
+    let Some((mech, client_first)) = messages::parse_sasl_initial(&body) else {
+        return Err(fatal(
+            ctx,
+            conn,
+            sqlstate::PROTOCOL_VIOLATION,
+            "malformed SASLInitialResponse message",
+            "bad_auth_message",
+        )
+        .await);
+    };
+    let Some(mechanism) = Mechanism::from_name(mech).filter(|m| offered.contains(m)) else {
+        let text = "client selected an invalid SASL authentication mechanism";
+        return Err(fatal(
+            ctx,
+            conn,
+            sqlstate::PROTOCOL_VIOLATION,
+            text,
+            "bad_auth_message",
+        )
+        .await);
+    };
+    let permit = ctx.auth_permits.acquire().await;
+    let started = ScramServer::start(verifier, mechanism, client_first, binding);
+    drop(permit);
+    let (state, server_first) = match started {
+        Ok(x) => x,
+        Err(e) => return Err(scram_failure(ctx, conn, e).await),
+    };
+    conn.send(&messages::auth_sasl_continue(&server_first))
+        .await?;
+    let body = password_message(ctx, conn).await?;
+    let permit = ctx.auth_permits.acquire().await;
+    let finished = state.finish(&body);
+    drop(permit);
+    match finished {
+        Ok(server_final) => {
+            let Some(user) = user else {
+                return Ok(Err(AuthFailure::UnknownUser));
+            };
+            let admitted = ctx.users.admit_scram(&user, &ctx.listener.name);
+            if admitted.is_ok() {
+                conn.send(&messages::auth_sasl_final(&server_final)).await?;
+            }
+            Ok(admitted)
+        }
+        Err(ScramError::AuthenticationFailed) => Ok(Err(if user.is_some() {
+            AuthFailure::WrongPassword
+        } else {
+            AuthFailure::UnknownUser
+        })),
+        Err(e) => Err(scram_failure(ctx, conn, e).await),
+    }
+}
+
+async fn scram_failure(ctx: &Context, conn: &mut Conn, e: ScramError) -> SessionError {
+    let code = match e.fault() {
+        ScramFault::Client => sqlstate::PROTOCOL_VIOLATION,
+        _ => sqlstate::INVALID_PASSWORD,
+    };
+    fatal(ctx, conn, code, &e.to_string(), "bad_auth_message").await
+}
+
+/// A clear-text password (TLS listeners only, checked at config load).
+async fn cleartext_exchange(
+    ctx: &Arc<Context>,
+    conn: &mut Conn,
+    user_name: &str,
+) -> Result<Result<Identity, AuthFailure>, SessionError> {
+    conn.send(&messages::auth_cleartext()).await?;
+    let body = password_message(ctx, conn).await?;
+    let password = zeroize::Zeroizing::new(body.strip_suffix(&[0]).unwrap_or(&body).to_vec());
+    let _permit = ctx.auth_permits.acquire().await;
+    let users = ctx.users.clone();
+    let listener = ctx.listener.name.clone();
+    let name = user_name.as_bytes().to_vec();
+    Ok(tokio::task::spawn_blocking(move || {
+        users.authenticate_password(&name, &password, &listener)
+    })
+    .await
+    .unwrap_or(Err(AuthFailure::UnknownUser)))
+}
+
+/// Phase 5: framed relay in both directions.
+struct Relay<'a> {
+    ctx: &'a Arc<Context>,
+    max: usize,
+    crd: ReadHalf<ClientStream>,
+    cwr: WriteHalf<ClientStream>,
+    brd: ReadHalf<BackendStream>,
+    bwr: WriteHalf<BackendStream>,
+    client_in: BytesMut,
+    backend_in: BytesMut,
+    to_client: Outbox,
+    to_backend: Outbox,
+    client_framer: Framer,
+    backend_framer: Framer,
+    /// The client sent Terminate: forward it and close.
+    terminating: bool,
+}
+
+impl Relay<'_> {
+    async fn run(mut self) -> Result<(), SessionError> {
+        loop {
+            if let Err(e) = self.pump_client() {
+                if self.backend_framer.at_boundary() {
+                    let msg = messages::error_response(
+                        Severity::Fatal,
+                        sqlstate::PROTOCOL_VIOLATION,
+                        &e.to_string(),
+                    );
+                    self.to_client.push(msg);
+                    self.flush_client().await;
+                }
+                self.ctx.metrics.refused("protocol_error");
+                return Err(SessionError::ClientProtocol(e.to_string()));
+            }
+            self.pump_backend()
+                .map_err(|e| SessionError::Backend(BackendError::Protocol(e.to_string())))?;
+            if self.terminating && !self.to_backend.wants_write() {
+                let _ = self.bwr.shutdown().await;
+                self.flush_client().await;
+                return Ok(());
+            }
+            let read_client = !self.terminating
+                && self.to_backend.len < OUT_CAP
+                && self.client_in.len() < READ_CHUNK * 4;
+            let read_backend =
+                self.to_client.len < OUT_CAP && self.backend_in.len() < READ_CHUNK * 4;
+            if read_client {
+                self.client_in.reserve(READ_CHUNK);
+            }
+            if read_backend {
+                self.backend_in.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                r = self.crd.read_buf(&mut self.client_in), if read_client => {
+                    match r.map_err(SessionError::ClientIo)? {
+                        0 => return Ok(()),
+                        n => self.ctx.metrics.bytes_in.inc_by(n as u64),
+                    }
+                }
+                r = self.brd.read_buf(&mut self.backend_in), if read_backend => {
+                    if r.map_err(|e| SessionError::Backend(BackendError::Io(e)))? == 0 {
+                        // The backend ended the session (it sent its FATAL first, if any).
+                        self.pump_backend().map_err(|e| SessionError::Backend(BackendError::Protocol(e.to_string())))?;
+                        self.flush_client().await;
+                        return Err(BackendError::Closed.into());
+                    }
+                }
+                r = self.to_backend.write_to(&mut self.bwr), if self.to_backend.wants_write() => {
+                    r.map_err(|e| SessionError::Backend(BackendError::Io(e)))?;
+                }
+                r = self.to_client.write_to(&mut self.cwr), if self.to_client.wants_write() => {
+                    let n = r.map_err(SessionError::ClientIo)?;
+                    self.ctx.metrics.bytes_out.inc_by(n as u64);
+                }
+                _ = self.ctx.close.cancelled() => {
+                    if self.backend_framer.at_boundary() {
+                        let msg = messages::error_response(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN,
+                            "terminating connection due to administrator command");
+                        self.to_client.push(msg);
+                        self.flush_client().await;
+                    }
+                    return Err(SessionError::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Moves whole buffered runs of client messages to the backend queue.
+    fn pump_client(&mut self) -> Result<(), FrameError> {
+        while !self.terminating && self.to_backend.len < OUT_CAP {
+            let Some(frame) = self.client_framer.advance(&self.client_in, self.max)? else {
+                break;
+            };
+            let take = match frame {
+                Frame::Start { tag, take } => {
+                    match tag {
+                        // Simple and extended-protocol queries.
+                        b'Q' | b'E' => self.ctx.metrics.allowed.inc(),
+                        b'X' => self.terminating = true,
+                        _ => {}
+                    }
+                    take
+                }
+                Frame::Continue { take } => take,
+            };
+            let chunk = self.client_in.split_to(take).freeze();
+            self.to_backend.push(chunk);
+        }
+        Ok(())
+    }
+
+    /// Moves backend messages to the client queue, checking every header.
+    fn pump_backend(&mut self) -> Result<(), FrameError> {
+        while self.to_client.len < OUT_CAP {
+            let Some(frame) = self.backend_framer.advance(&self.backend_in, self.max)? else {
+                break;
+            };
+            let take = match frame {
+                Frame::Start { take, .. } | Frame::Continue { take } => take,
+            };
+            let chunk = self.backend_in.split_to(take).freeze();
+            self.to_client.push(chunk);
+        }
+        Ok(())
+    }
+
+    async fn flush_client(&mut self) {
+        let flush = async {
+            while self.to_client.wants_write() {
+                if self.to_client.write_to(&mut self.cwr).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_options_are_found_however_written() {
+        for bad in [
+            "-c role=admin",
+            "-crole=admin",
+            "--role=admin",
+            "-c  session_authorization=x",
+            "-c ROLE=x",
+            "-c session-authorization=x",
+        ] {
+            assert!(forbidden_option(bad), "{bad}");
+        }
+        for ok in [
+            "-c search_path=app",
+            "-c statement_timeout=5s",
+            "",
+            "-c application_name=role\\ x",
+        ] {
+            assert!(!forbidden_option(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn options_split_like_postgres() {
+        assert_eq!(
+            split_options(" -c  a=b\\ c  -c d=e"),
+            vec!["-c", "a=b c", "-c", "d=e"]
+        );
+    }
+
+    #[test]
+    fn replication_values() {
+        let s = |v: &str| Startup {
+            minor: 0,
+            params: vec![("replication".into(), v.into())],
+        };
+        assert!(wants_replication(&s("database")));
+        assert!(wants_replication(&s("true")));
+        assert!(!wants_replication(&s("false")));
+        assert!(!wants_replication(&Startup::default()));
+    }
+}
