@@ -598,8 +598,26 @@ async fn authenticate(
 }
 
 /// Reads a password-phase message; anything but `p` (a second StartupMessage
-/// included) is a protocol violation.
+/// included) is a protocol violation, decided on the type byte alone as
+/// PostgreSQL does, before any length is trusted.
 async fn password_message(ctx: &Context, conn: &mut Conn) -> Result<Bytes, SessionError> {
+    while conn.buf.is_empty() {
+        conn.read_more().await?;
+    }
+    if conn.buf[0] != b'p' {
+        let text = format!(
+            "expected password response, got message type {}",
+            conn.buf[0]
+        );
+        return Err(fatal(
+            ctx,
+            conn,
+            sqlstate::PROTOCOL_VIOLATION,
+            &text,
+            "bad_auth_message",
+        )
+        .await);
+    }
     let m = match conn.message(MAX_AUTH_MESSAGE).await {
         Ok(m) => m,
         Err(SessionError::ClientProtocol(e)) => {
