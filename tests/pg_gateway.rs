@@ -46,6 +46,8 @@ impl PgProxy {
 /// Options for one proxy in front of the shared cluster.
 struct Opts {
     tls_mode: &'static str,
+    backend_addr: Option<SocketAddr>,
+    backend_tls: &'static str,
     backend_user: &'static str,
     backend_password: String,
     listener_extra: &'static str,
@@ -55,6 +57,8 @@ impl Default for Opts {
     fn default() -> Self {
         Opts {
             tls_mode: "required",
+            backend_addr: None,
+            backend_tls: "verify-full",
             backend_user: PG_BACKEND_USER,
             backend_password: PG_BACKEND_PASSWORD.into(),
             listener_extra: "",
@@ -76,11 +80,11 @@ login_timeout = "5s"
 [[backend]]
 name = "pg"
 protocol = "postgres"
-address = "127.0.0.1:{port}"
+address = "{address}"
 user = "{backend_user}"
 password = "{backend_password}"
 [backend.tls]
-mode = "verify-full"
+mode = "{backend_tls}"
 ca = {ca:?}
 server_name = "localhost"
 
@@ -105,7 +109,10 @@ password = "{limited_verifier}"
 [user.postgres]
 databases = ["{PG_APP_DB}"]
 "#,
-        port = pg.port,
+        address = opts
+            .backend_addr
+            .map_or(format!("127.0.0.1:{}", pg.port), |a| a.to_string()),
+        backend_tls = opts.backend_tls,
         backend_user = opts.backend_user,
         backend_password = opts.backend_password,
         ca = c.ca_cert,
@@ -784,8 +791,8 @@ async fn backend_errors_at_login() {
     let err = p
         .try_client(APP_USER, APP_PASSWORD, "no_such_db")
         .await
-        .err()
-        .expect("missing db");
+        .map(|_| ())
+        .expect_err("missing db");
     assert_eq!(err.code(), Some(&SqlState::INVALID_CATALOG_NAME), "{err}");
 
     // The backend refusing the proxy's credentials is the operator's: generic for the client.
@@ -797,11 +804,182 @@ async fn backend_errors_at_login() {
     let err = p
         .try_client(APP_USER, APP_PASSWORD, PG_APP_DB)
         .await
-        .err()
-        .expect("refused");
+        .map(|_| ())
+        .expect_err("refused");
     assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
     assert!(!err.to_string().contains("portcullis_backend"), "{err}");
     assert!(p
         .metrics()
         .contains(r#"portcullis_backend_errors_total{backend="pg",reason="login_refused"} 1"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_tls_modes() {
+    for (mode, want_ssl) in [
+        ("disabled", false),
+        ("prefer", true),
+        ("required", true),
+        ("verify-full", true),
+    ] {
+        let p = proxy_with(Opts {
+            backend_tls: mode,
+            ..Opts::default()
+        })
+        .await;
+        let c = p.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+        let ssl: bool = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl")
+            .get(0);
+        assert_eq!(ssl, want_ssl, "backend tls mode {mode}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_is_refused_unless_allowed() {
+    let p = proxy().await;
+    let mut raw = Raw::plain(p.addr).await;
+    raw.send(&SSL_REQUEST).await;
+    assert_eq!(raw.byte().await, b'S');
+    let mut raw = raw.upgrade(&p.ca, None).await;
+    raw.send(&startup(
+        196_608,
+        &[("user", APP_USER), ("replication", "database")],
+    ))
+    .await;
+    use portcullis::auth::scram_client::{ClientChannelBinding, ScramClient};
+    use portcullis::postgres::messages;
+    assert_eq!(raw.message().await.tag, b'R');
+    let (client, first) =
+        ScramClient::new(APP_PASSWORD.as_bytes(), ClientChannelBinding::None).expect("client");
+    raw.send(&messages::sasl_initial_response(
+        client.mechanism().name(),
+        &first,
+    ))
+    .await;
+    let m = raw.message().await;
+    let (_, fin) = client
+        .handle_server_first(&m.body[4..])
+        .expect("server first");
+    raw.send(&messages::password_message(&fin)).await;
+    assert_eq!(raw.message().await.tag, b'R', "SASLFinal");
+    assert_eq!(raw.error().await.0, "42501");
+}
+
+/// What a scripted backend does wrong.
+#[derive(Clone, Copy, Debug)]
+enum Misbehaviour {
+    DataAfterSslAnswer,
+    HugeIterationCount,
+    ForeignNonce,
+    OkBeforeSaslFinal,
+    WrongServerSignature,
+}
+
+/// A backend that follows the protocol up to one deliberate fault. No real
+/// PostgreSQL misbehaves like this, so a script stands in for one here.
+async fn misbehaving_backend(kind: Misbehaviour) -> SocketAddr {
+    use portcullis::postgres::codec::{decode_startup, StartupPacket};
+    use portcullis::postgres::messages;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut buf = BytesMut::new();
+        let packet = loop {
+            if let Some(p) = decode_startup(&mut buf).expect("startup") {
+                break p;
+            }
+            assert!(s.read_buf(&mut buf).await.expect("read") > 0);
+        };
+        if let Misbehaviour::DataAfterSslAnswer = kind {
+            assert_eq!(packet, StartupPacket::Ssl);
+            s.write_all(b"S\x16\x03\x03").await.expect("write");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            return;
+        }
+        s.write_all(&messages::auth_sasl(&["SCRAM-SHA-256"]))
+            .await
+            .expect("write");
+        let m = loop {
+            if let Some(m) = decode_message(&mut buf, 1 << 16).expect("msg") {
+                break m;
+            }
+            assert!(s.read_buf(&mut buf).await.expect("read") > 0);
+        };
+        let (_, first) = messages::parse_sasl_initial(&m.body).expect("initial");
+        let first = String::from_utf8(first.to_vec()).expect("utf8");
+        let nonce = first.split("r=").nth(1).expect("nonce").to_string();
+        let salt = "W22ZaJ0SNY7soEsUEjb6gQ==";
+        let server_first = match kind {
+            Misbehaviour::HugeIterationCount => format!("r={nonce}srv,s={salt},i=200000"),
+            Misbehaviour::ForeignNonce => format!("r=someone-elses-nonce,s={salt},i=4096"),
+            _ => format!("r={nonce}srv,s={salt},i=4096"),
+        };
+        s.write_all(&messages::auth_sasl_continue(server_first.as_bytes()))
+            .await
+            .expect("write");
+        let mut more = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read(&mut more)).await;
+        match kind {
+            Misbehaviour::OkBeforeSaslFinal => {
+                s.write_all(&messages::auth_ok()).await.expect("write")
+            }
+            Misbehaviour::WrongServerSignature => {
+                let v = format!("v={}", "A".repeat(43) + "=");
+                s.write_all(&messages::auth_sasl_final(v.as_bytes()))
+                    .await
+                    .expect("write");
+                s.write_all(&messages::auth_ok()).await.expect("write");
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_backend_fails_closed() {
+    for kind in [
+        Misbehaviour::DataAfterSslAnswer,
+        Misbehaviour::HugeIterationCount,
+        Misbehaviour::ForeignNonce,
+        Misbehaviour::OkBeforeSaslFinal,
+        Misbehaviour::WrongServerSignature,
+    ] {
+        let addr = misbehaving_backend(kind).await;
+        let backend_tls = if matches!(kind, Misbehaviour::DataAfterSslAnswer) {
+            "required"
+        } else {
+            "disabled"
+        };
+        let p = proxy_with(Opts {
+            backend_addr: Some(addr),
+            backend_tls,
+            ..Opts::default()
+        })
+        .await;
+        let err = p
+            .try_client(APP_USER, APP_PASSWORD, PG_APP_DB)
+            .await
+            .map(|_| ())
+            .expect_err("must fail");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::CONNECTION_FAILURE),
+            "{kind:?}: {err}"
+        );
+        let m = p.metrics();
+        assert!(
+            m.contains(r#"portcullis_backend_errors_total{backend="pg",reason="protocol"} 1"#),
+            "{kind:?}: {m}"
+        );
+    }
 }
