@@ -144,6 +144,7 @@ fn shipped_config_is_valid() {
         .arg(&path)
         .env("REDIS_PASSWORD", common::BACKEND_PASSWORD)
         .env("APP_PASSWORD", "app-password")
+        .env("PG_PASSWORD", common::BACKEND_PASSWORD)
         .output()
         .expect("spawn");
     assert!(
