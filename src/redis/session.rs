@@ -26,7 +26,7 @@ use super::reply::{FrameInfo, ReplyScanner, Scan};
 use super::request::{decode, Decoded, ProtocolError, Request, RequestLimits, Tail};
 use crate::auth::{AuthFailure, Credential, Identity};
 use crate::error::{BackendError, SessionError};
-use crate::logging::escape;
+use crate::logging::{escape, RefusalLog};
 use crate::outbox::Outbox;
 use crate::server::Context;
 use crate::stream::{BackendStream, ClientStream};
@@ -148,6 +148,7 @@ async fn run(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<(),
         subs: Subscriptions::default(),
         closing: false,
         auth_attempts: 0,
+        refusals: RefusalLog::default(),
     };
     relay.run().await
 }
@@ -216,6 +217,7 @@ async fn login_phase(
     deadline: Instant,
 ) -> Result<LoginOutcome, SessionError> {
     let mut attempts = 0u32;
+    let mut refusals = RefusalLog::default();
     let limits = RequestLimits::UNAUTHENTICATED;
     loop {
         loop {
@@ -236,6 +238,10 @@ async fn login_phase(
                 PreAuth::Reply(r) => {
                     if r == replies::NOAUTH || r == replies::NOAUTH_HELLO {
                         ctx.metrics.refused("noauth");
+                        if refusals.allow() {
+                            info!(event = "command_refused", listener = %ctx.listener.name, %peer,
+                                command = %escape(req.arg(0).unwrap_or(b"")), reason = "noauth");
+                        }
                     }
                     client
                         .wr
@@ -603,6 +609,7 @@ struct Relay<'a> {
     /// No more client input is read (QUIT, protocol error).
     closing: bool,
     auth_attempts: u32,
+    refusals: RefusalLog,
 }
 
 impl Relay<'_> {
@@ -862,8 +869,10 @@ impl Relay<'_> {
     fn deny(&mut self, name: &[u8], reason: &'static str, reply: Bytes) {
         self.ctx.metrics.denied.inc();
         self.ctx.metrics.refused(reason);
-        info!(event = "command_refused", listener = %self.ctx.listener.name, peer = %self.peer,
-            user = %escape(self.identity.name().as_bytes()), command = %escape(name), reason);
+        if self.refusals.allow() {
+            info!(event = "command_refused", listener = %self.ctx.listener.name, peer = %self.peer,
+                user = %escape(self.identity.name().as_bytes()), command = %escape(name), reason);
+        }
         if self.multi.active {
             self.multi.dirty = true;
         }
