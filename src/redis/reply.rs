@@ -179,9 +179,13 @@ pub struct ReplyScanner {
     depth: usize,
     /// Index of the next direct child of the top-level aggregate.
     child: u64,
-    /// A RESP3 attribute has just completed at the top level: the reply follows.
+    /// What is known about the current top-level reply.
     info: FrameInfo,
-    attribute_depth: Option<usize>,
+    /// Which open aggregates are RESP3 attributes. An attribute describes the
+    /// value after it and does not count as one of its parent's children.
+    is_attr: [bool; MAX_DEPTH],
+    /// Open attributes; nothing inside one is captured.
+    attrs_open: usize,
     /// True while inside a top-level reply.
     in_frame: bool,
 }
@@ -201,7 +205,8 @@ impl ReplyScanner {
             depth: 0,
             child: 0,
             info: FrameInfo::EMPTY,
-            attribute_depth: None,
+            is_attr: [false; MAX_DEPTH],
+            attrs_open: 0,
             in_frame: false,
         }
     }
@@ -218,7 +223,7 @@ impl ReplyScanner {
 
     /// Which capture slot the current value feeds, if any.
     fn capture_slot(&mut self) -> Option<&mut Capture> {
-        if self.attribute_depth.is_some() {
+        if self.attrs_open > 0 {
             return None;
         }
         match self.depth {
@@ -352,7 +357,7 @@ impl ReplyScanner {
             self.in_frame = true;
             self.info = FrameInfo::EMPTY;
         }
-        if self.depth == 0 && self.attribute_depth.is_none() {
+        if self.depth == 0 && self.attrs_open == 0 {
             self.info.ty = ty;
         }
         if let Some(slot) = self.capture_slot() {
@@ -393,7 +398,7 @@ impl ReplyScanner {
                 Ok(None)
             }
             _ => {
-                if self.depth == 0 && self.attribute_depth.is_none() {
+                if self.depth == 0 && self.attrs_open == 0 && ty != b'|' {
                     self.info.count = value;
                 }
                 let children = match (ty, value) {
@@ -406,20 +411,20 @@ impl ReplyScanner {
                     self.state = State::Type;
                     return Ok(None);
                 }
-                if ty == b'|' && self.attribute_depth.is_none() {
-                    self.attribute_depth = Some(self.depth);
-                }
                 if children == 0 {
                     return self.value_done();
                 }
                 if self.depth == MAX_DEPTH {
                     return Err(ReplyError::TooDeep);
                 }
-                self.stack[self.depth] = children;
-                self.depth += 1;
-                if self.depth == 1 && self.attribute_depth.is_none() {
+                let attr = ty == b'|';
+                if self.depth == 0 && self.attrs_open == 0 && !attr {
                     self.child = 0;
                 }
+                self.stack[self.depth] = children;
+                self.is_attr[self.depth] = attr;
+                self.attrs_open += usize::from(attr);
+                self.depth += 1;
                 self.state = State::Type;
                 Ok(None)
             }
@@ -431,15 +436,10 @@ impl ReplyScanner {
         self.state = State::Type;
         loop {
             if self.depth == 0 {
-                if self.attribute_depth == Some(0) {
-                    // An attribute precedes the reply it describes: keep going.
-                    self.attribute_depth = None;
-                    return Ok(None);
-                }
                 self.in_frame = false;
                 return Ok(Some(self.info));
             }
-            if self.depth == 1 && self.attribute_depth.is_none() {
+            if self.depth == 1 && self.attrs_open == 0 {
                 self.child += 1;
             }
             let top = &mut self.stack[self.depth - 1];
@@ -448,9 +448,11 @@ impl ReplyScanner {
                 return Ok(None);
             }
             self.depth -= 1;
-            if self.attribute_depth == Some(self.depth) && self.depth > 0 {
-                // A nested attribute is done; its parent still waits for the value.
-                self.attribute_depth = None;
+            if self.is_attr[self.depth] {
+                // An attribute is done: the value it describes is still to come,
+                // and the attribute itself is not a value of its parent.
+                self.is_attr[self.depth] = false;
+                self.attrs_open -= 1;
                 return Ok(None);
             }
         }
@@ -528,6 +530,22 @@ mod tests {
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].1.ty, b'*');
         assert!(f[0].1.children[0].is_str("abc"));
+    }
+
+    /// Found by the `redis_reply` fuzz target: an attribute inside an attribute.
+    #[test]
+    fn nested_attributes_are_not_values() {
+        let input = b"|1\r\n+\r\n|1\r\n+\r\n+\r\n:1\r\n+_\r\n";
+        // The outer attribute's value (`:1`) carries its own attribute; the reply is `+_`.
+        let f = both(input);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, input.len());
+        assert_eq!((f[0].1.ty, f[0].1.scalar.bytes()), (b'+', &b"_"[..]));
+        let inner = b"*2\r\n|1\r\n+k\r\n|0\r\n+v\r\n:1\r\n:2\r\n";
+        let f = both(inner);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].1.children[0].integer(), Some(1));
+        assert_eq!(f[0].1.children[1].integer(), Some(2));
     }
 
     #[test]
