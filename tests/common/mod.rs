@@ -1,6 +1,7 @@
 //! Test harness: real redis-server instances on free loopback ports, the proxy
 //! started in-process on a generated config, and raw and redis-rs clients.
 #![allow(dead_code)]
+pub mod pg;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
