@@ -983,3 +983,35 @@ async fn a_misbehaving_backend_fails_closed() {
         );
     }
 }
+
+/// PG17 direct TLS with a real libpq (18, from psycopg's binary wheel: Debian 12's psql is 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libpq_direct_tls_with_psycopg() {
+    let p = proxy().await;
+    let script = format!(
+        "import psycopg\n\
+         c = psycopg.connect('host=localhost port={port} user={APP_USER} password={APP_PASSWORD} dbname={PG_APP_DB} \
+         sslmode=verify-full sslrootcert={ca} sslnegotiation=direct')\n\
+         print(c.execute('select current_user').fetchone()[0], c.pgconn.ssl_in_use, psycopg.pq.version() >= 170000)\n",
+        port = p.addr.port(),
+        ca = p.ca.display(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "psycopg (pip install 'psycopg[binary]'): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{PG_BACKEND_USER} True True")
+    );
+}
