@@ -332,6 +332,7 @@ fn refuse_connection(ctx: &Arc<Context>, tcp: TcpStream, reason: &'static str) {
 
 async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
+    let tcp = crate::stream::ClientTcp::new(tcp, bytes::BytesMut::new());
     let started = Instant::now();
     ctx.metrics.active.inc();
     match ctx.listener.protocol {

@@ -5,16 +5,17 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 macro_rules! either_stream {
-    ($name:ident, $tls:ty, $doc:literal) => {
+    ($name:ident, $plain:ty, $tls:ty, $doc:literal) => {
         #[doc = $doc]
         #[allow(clippy::large_enum_variant)]
         pub enum $name {
             /// Plain TCP.
-            Plain(TcpStream),
+            Plain($plain),
             /// TLS over TCP.
             Tls(Box<$tls>),
         }
@@ -81,14 +82,91 @@ macro_rules! either_stream {
 
 either_stream!(
     ClientStream,
-    tokio_rustls::server::TlsStream<TcpStream>,
+    ClientTcp,
+    tokio_rustls::server::TlsStream<ClientTcp>,
     "A client connection."
 );
 either_stream!(
     BackendStream,
+    TcpStream,
     tokio_rustls::client::TlsStream<TcpStream>,
     "A backend connection."
 );
+
+/// A client's TCP connection. Bytes the proxy read before the session started
+/// (those after a PROXY protocol header, in the same segment) are replayed first,
+/// so a ClientHello or an SSLRequest that rode along is not lost.
+pub struct ClientTcp {
+    tcp: TcpStream,
+    prefix: BytesMut,
+}
+
+impl ClientTcp {
+    /// Wraps `tcp`, replaying `prefix` before anything read from the socket.
+    pub fn new(tcp: TcpStream, prefix: BytesMut) -> ClientTcp {
+        ClientTcp { tcp, prefix }
+    }
+
+    /// The first byte the client sent, without consuming it; `None` at EOF.
+    pub async fn peek_first(&mut self) -> io::Result<Option<u8>> {
+        if let Some(&b) = self.prefix.first() {
+            return Ok(Some(b));
+        }
+        let mut b = [0u8; 1];
+        Ok((self.tcp.peek(&mut b).await? > 0).then_some(b[0]))
+    }
+
+    /// Writes what fits without waiting (refusals before any session work).
+    pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.tcp.try_write(bytes)
+    }
+}
+
+impl AsyncRead for ClientTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
 
 impl ClientStream {
     /// Whether the client is on TLS.

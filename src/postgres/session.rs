@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -36,7 +35,7 @@ use crate::error::{BackendError, SessionError};
 use crate::logging::escape;
 use crate::outbox::Outbox;
 use crate::server::Context;
-use crate::stream::{BackendStream, ClientStream};
+use crate::stream::{BackendStream, ClientStream, ClientTcp};
 
 /// First byte of a TLS handshake record: a client doing PG17 direct TLS.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -104,7 +103,7 @@ impl Conn {
 }
 
 /// Serves one accepted connection to the end, logging how it ended.
-pub async fn serve(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) {
     let result = tokio::select! {
         r = run(ctx, tcp, peer) => r,
         _ = ctx.close.cancelled() => Err(SessionError::Shutdown),
@@ -142,7 +141,7 @@ enum Negotiated {
     Done,
 }
 
-async fn run(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<(), SessionError> {
+async fn run(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) -> Result<(), SessionError> {
     let deadline = Instant::now() + ctx.limits.login_timeout;
     let login = async {
         let (conn, startup) = match negotiate(ctx, tcp, peer).await? {
@@ -243,17 +242,17 @@ async fn run(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<(),
 /// Phase 1: the first packet(s), TLS, and cancel requests.
 async fn negotiate(
     ctx: &Arc<Context>,
-    tcp: TcpStream,
+    tcp: ClientTcp,
     peer: SocketAddr,
 ) -> Result<Negotiated, SessionError> {
     let tls = ctx.listener.tls.as_ref();
-    let mut first = [0u8; 1];
-    if tcp.peek(&mut first).await.map_err(SessionError::ClientIo)? == 0 {
+    let mut tcp = tcp;
+    let Some(first) = tcp.peek_first().await.map_err(SessionError::ClientIo)? else {
         return Ok(Negotiated::Done);
-    }
+    };
     let mut tcp = Some(tcp);
     let mut conn: Option<Conn> = None;
-    if first[0] == TLS_HANDSHAKE {
+    if first == TLS_HANDSHAKE {
         if let (Some(tls), Some(tcp)) = (tls, tcp.take()) {
             // PG17 direct TLS: the handshake starts at once and must negotiate ALPN.
             let stream = accept_tls(ctx, tls, tcp).await?;
@@ -395,7 +394,7 @@ async fn negotiate(
     }
 }
 
-fn plain_conn(tcp: Option<TcpStream>, buf: BytesMut) -> Result<Conn, SessionError> {
+fn plain_conn(tcp: Option<ClientTcp>, buf: BytesMut) -> Result<Conn, SessionError> {
     let tcp = tcp.ok_or_else(|| SessionError::ClientIo(std::io::ErrorKind::NotConnected.into()))?;
     Ok(Conn {
         stream: ClientStream::Plain(tcp),
@@ -406,8 +405,8 @@ fn plain_conn(tcp: Option<TcpStream>, buf: BytesMut) -> Result<Conn, SessionErro
 async fn accept_tls(
     ctx: &Context,
     tls: &crate::config::ServerTls,
-    tcp: TcpStream,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, SessionError> {
+    tcp: ClientTcp,
+) -> Result<tokio_rustls::server::TlsStream<ClientTcp>, SessionError> {
     match tokio_rustls::TlsAcceptor::from(tls.config.clone())
         .accept(tcp)
         .await

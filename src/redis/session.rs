@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -29,7 +28,7 @@ use crate::error::{BackendError, SessionError};
 use crate::logging::{escape, RefusalLog};
 use crate::outbox::Outbox;
 use crate::server::Context;
-use crate::stream::{BackendStream, ClientStream};
+use crate::stream::{BackendStream, ClientStream, ClientTcp};
 
 /// Redis 7 closes an unauthenticated client whose query buffer passes 64 KiB... we do the same.
 const PREAUTH_MAX_BUFFER: usize = 64 * 1024;
@@ -51,7 +50,7 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_AUTH_ATTEMPTS: u32 = 10;
 
 /// Serves one accepted connection to the end, logging how it ended.
-pub async fn serve(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) {
     let result = tokio::select! {
         r = run(ctx, tcp, peer) => r,
         _ = ctx.close.cancelled() => Err(SessionError::Shutdown),
@@ -67,7 +66,7 @@ pub async fn serve(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     }
 }
 
-async fn run(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<(), SessionError> {
+async fn run(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) -> Result<(), SessionError> {
     let deadline = Instant::now() + ctx.limits.login_timeout;
     let (stream, cert_names) = match tokio::time::timeout_at(deadline, handshake(ctx, tcp)).await {
         Ok(r) => r?,
@@ -157,7 +156,7 @@ async fn run(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<(),
 /// certificate, the names it carries (a certificate is an identity only then).
 async fn handshake(
     ctx: &Context,
-    tcp: TcpStream,
+    tcp: ClientTcp,
 ) -> Result<(ClientStream, Option<Vec<String>>), SessionError> {
     let Some(tls) = &ctx.listener.tls else {
         return Ok((ClientStream::Plain(tcp), None));
