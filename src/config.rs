@@ -31,9 +31,18 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The TOML does not parse or has unknown keys.
-    #[error("{0}")]
-    Toml(#[from] toml::de::Error),
+    /// The TOML does not parse or has unknown keys. Only the parser's message and
+    /// the position are kept: its usual snippet would quote the line, which may
+    /// hold a secret.
+    #[error("line {line}, column {column}: {message}")]
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser said (never the line's text).
+        message: String,
+    },
     /// A key holds an unacceptable value.
     #[error("{key}: {reason}")]
     Invalid {
@@ -441,7 +450,7 @@ impl Config {
 
     /// Validates config text; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(&e, text))?;
         let mut warnings = Vec::new();
         let mut ctx = Ctx {
             base,
@@ -554,6 +563,22 @@ impl Config {
             users.push(ctx.user(u, &key)?);
         }
 
+        // Mock verifiers for unknown names need a key that is secret and the same on
+        // every restart and replica: derive it from the backend secrets, which are.
+        let mock_key = {
+            use hmac::Mac;
+            let mut mac =
+                <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(b"portcullis mock-auth key v1")
+                    .expect("HMAC takes any key length");
+            for b in &backend_list {
+                let pw = b.credential.password.expose();
+                mac.update(&(pw.len() as u64).to_be_bytes());
+                mac.update(pw);
+            }
+            let out: [u8; 32] = mac.finalize().into_bytes().into();
+            out
+        };
+
         let admin = if raw.admin.enabled {
             Some(
                 raw.admin
@@ -571,9 +596,36 @@ impl Config {
             limits,
             listeners,
             backends: backend_list,
-            users: Arc::new(Users::new(users)),
+            users: {
+                let users = Users::with_mock_key(users, mock_key);
+                let odd = users.odd_iteration_users();
+                if !odd.is_empty() {
+                    warnings.push(format!(
+                        "users {odd:?} have verifiers with an unusual iteration count: they can be told apart \
+                         from unknown names; re-hash them with the count the others use"
+                    ));
+                }
+                Arc::new(users)
+            },
             warnings,
         })
+    }
+}
+
+fn syntax_error(e: &toml::de::Error, text: &str) -> ConfigError {
+    let at = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = &text.as_bytes()[..at];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = at
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    ConfigError::Syntax {
+        line,
+        column,
+        message: e.message().to_string(),
     }
 }
 
@@ -981,6 +1033,17 @@ password = "Correct-Horse-Battery-Staple-0123456789"
             "[[user]]\nname = \"u\"\npassword = \"{v}\"\nlisteners = [\"zz\"]\n"
         )));
         assert_eq!(e, "user[u].listeners: no listener named \"zz\"");
+    }
+
+    #[test]
+    fn syntax_errors_do_not_quote_the_line() {
+        let text = with_listener("").replace(
+            "password = \"Correct-Horse-Battery-Staple-0123456789\"",
+            "password = \"Correct-Horse-Battery-Staple-0123456789\\q\"",
+        );
+        let e = err(&text);
+        assert!(e.starts_with("line "), "{e}");
+        assert!(!e.contains("Correct-Horse"), "{e}");
     }
 
     #[test]

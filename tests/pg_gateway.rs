@@ -709,6 +709,10 @@ async fn malformed_startup_packets() {
             ),
             "42501",
         ),
+        (
+            startup(196_608, &[("user", APP_USER), ("ROLE", "postgres")]),
+            "42501",
+        ),
     ];
     for (bytes, want) in cases {
         let mut raw = Raw::plain(p.addr).await;
@@ -878,6 +882,7 @@ enum Misbehaviour {
     ForeignNonce,
     OkBeforeSaslFinal,
     WrongServerSignature,
+    EndlessNotices,
 }
 
 /// A backend that follows the protocol up to one deliberate fault. No real
@@ -898,6 +903,20 @@ async fn misbehaving_backend(kind: Misbehaviour) -> SocketAddr {
             }
             assert!(s.read_buf(&mut buf).await.expect("read") > 0);
         };
+        if let Misbehaviour::EndlessNotices = kind {
+            // Trust login, then notices forever: the proxy must not hold them all.
+            s.write_all(&messages::auth_ok()).await.expect("write");
+            let mut notice =
+                messages::error_response(messages::Severity::Error, "01000", &"n".repeat(1000))
+                    .to_vec();
+            notice[0] = b'N';
+            for _ in 0..100_000 {
+                if s.write_all(&notice).await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
         if let Misbehaviour::DataAfterSslAnswer = kind {
             assert_eq!(packet, StartupPacket::Ssl);
             s.write_all(b"S\x16\x03\x03").await.expect("write");
@@ -953,6 +972,7 @@ async fn a_misbehaving_backend_fails_closed() {
         Misbehaviour::ForeignNonce,
         Misbehaviour::OkBeforeSaslFinal,
         Misbehaviour::WrongServerSignature,
+        Misbehaviour::EndlessNotices,
     ] {
         let addr = misbehaving_backend(kind).await;
         let backend_tls = if matches!(kind, Misbehaviour::DataAfterSslAnswer) {

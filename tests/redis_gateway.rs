@@ -647,11 +647,14 @@ async fn users_map_to_backend_acl_users_and_auth_switches_them() {
         .await
         .expect("acl setuser");
     let mut cfg = ProxyConfig::new(redis.port);
+    // CLIENT INFO names the backend user; the default policy hides it, these users may see it.
+    let ops = "[user.redis]\ncommands = \"+@all -@dangerous +client|info\"\n";
     cfg.users.push_str(&user(
         "carol",
         "carol-pw",
-        &format!("backend_user = \"reader\"\nbackend_password = {reader_pw:?}\n"),
+        &format!("backend_user = \"reader\"\nbackend_password = {reader_pw:?}\n{ops}"),
     ));
+    cfg.users.push_str(&user("dave", "dave-pw", ops));
     let proxy = Proxy::start(&cfg).await;
     let mut raw = proxy.raw().await;
     raw.cmd(&["AUTH", "carol", "carol-pw"]).await;
@@ -664,8 +667,8 @@ async fn users_map_to_backend_acl_users_and_auth_switches_them() {
         "the backend ACL applies: {}",
         r[2]
     );
-    // Re-authenticating as alice switches the backend login to the default user.
-    raw.cmd(&["AUTH", "alice", "alice-pw"]).await;
+    // Re-authenticating as dave switches the backend login to the default user.
+    raw.cmd(&["AUTH", "dave", "dave-pw"]).await;
     raw.cmd(&["SET", "x", "1"]).await;
     raw.cmd(&["CLIENT", "INFO"]).await;
     let r = raw.replies(3).await;
@@ -860,4 +863,104 @@ async fn backend_over_tls_with_verification() {
     assert!(proxy
         .metrics()
         .contains(r#"portcullis_backend_errors_total{backend="redis",reason="tls"} 1"#));
+}
+
+/// Special commands (answered or rewritten by the proxy) with a streamed argument:
+/// the tail must never reach Redis as commands of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_arguments_of_special_commands_go_nowhere() {
+    let (_redis, proxy) = setup().await;
+    for (name, dirty_multi) in [
+        ("EXEC", true),
+        ("RESET", false),
+        ("AUTH", false),
+        ("HELLO", false),
+        ("QUIT", false),
+    ] {
+        let mut raw = proxy.raw().await;
+        raw.cmd(&["AUTH", "alice", "alice-pw"]).await;
+        let mut expect = 1;
+        if dirty_multi {
+            raw.cmd(&["MULTI"]).await;
+            raw.cmd(&["CONFIG", "GET", "requirepass"]).await;
+            expect += 2;
+        }
+        let mut evil = format!("*2\r\n${}\r\n{name}\r\n$70000\r\n", name.len()).into_bytes();
+        let inner = b"CONFIG GET requirepass\r\n";
+        evil.extend(std::iter::repeat_n(b'\n', 70000 - inner.len()));
+        evil.extend_from_slice(inner);
+        evil.extend_from_slice(b"\r\nPING\r\n");
+        raw.send(&evil).await;
+        let mut got = raw.replies(expect).await;
+        if name != "QUIT" {
+            got.extend(raw.replies(2).await);
+        }
+        let all = got.concat();
+        assert!(!all.contains(BACKEND_PASSWORD), "{name}: {all}");
+        assert!(!all.contains("requirepass"), "{name}: {all}");
+    }
+}
+
+/// A reply the proxy writes itself waits for a pub/sub message that is being relayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_never_cut_into_a_streamed_message() {
+    let (_redis, proxy) = setup().await;
+    let mut sub = proxy.raw().await;
+    sub.cmd(&["AUTH", "alice", "alice-pw"]).await;
+    sub.cmd(&["SUBSCRIBE", "big"]).await;
+    assert_eq!(sub.replies(2).await[0], "+OK\r\n");
+    let mut publisher = proxy.redis_rs("bob", "bob-pw").await;
+    let payload = "p".repeat(5 << 20);
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("big")
+        .arg(&payload)
+        .query_async(&mut publisher)
+        .await
+        .expect("publish");
+    // The message has started to arrive: the proxy is in the middle of relaying it.
+    sub.read_some().await;
+    sub.cmd(&["CONFIG", "GET", "x"]).await;
+    let r = sub.replies(2).await;
+    assert_eq!(r[0].len(), payload.len() + 38, "the message arrived whole");
+    assert!(r[0].ends_with("ppp\r\n"));
+    assert!(
+        r[1].starts_with("-NOPERM"),
+        "{}",
+        &r[1][..r[1].len().min(80)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_inside_multi_and_auth_while_subscribed_are_refused() {
+    let (_redis, proxy) = setup().await;
+    let mut raw = proxy.raw().await;
+    raw.cmd(&["AUTH", "alice", "alice-pw"]).await;
+    raw.cmd(&["MULTI"]).await;
+    raw.cmd(&["SUBSCRIBE", "a", "b"]).await;
+    raw.cmd(&["EXEC"]).await;
+    raw.cmd(&["SUBSCRIBE", "c"]).await;
+    raw.cmd(&["AUTH", "bob", "bob-pw"]).await;
+    raw.cmd(&["PING"]).await;
+    let r = raw.replies(7).await;
+    assert_eq!(r[2], "-ERR Command not allowed inside a transaction\r\n");
+    assert_eq!(
+        r[3],
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(r[4], "*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n");
+    assert!(r[5].starts_with("-ERR Can't execute 'auth'"), "{}", r[5]);
+    assert_eq!(r[6], "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_client_names_are_refused_at_the_proxy() {
+    let (_redis, proxy) = setup().await;
+    let mut raw = proxy.raw().await;
+    raw.cmd(&["HELLO", "3", "AUTH", "alice", "alice-pw", "SETNAME", "a b"])
+        .await;
+    assert_eq!(
+        raw.reply().await,
+        "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+    );
+    assert!(!proxy.metrics().contains("login_refused"));
 }

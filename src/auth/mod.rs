@@ -182,6 +182,8 @@ pub struct Users {
     by_cert_name: HashMap<String, Arc<User>>,
     /// Key for mock verifiers of unknown users, random per process.
     mock_key: Secret,
+    /// Iteration count of mock verifiers: the one most configured verifiers use.
+    mock_iterations: u32,
 }
 
 impl fmt::Debug for Users {
@@ -195,22 +197,55 @@ impl fmt::Debug for Users {
 impl Users {
     /// Builds the table (names are unique; the config checked that).
     pub fn new(users: Vec<User>) -> Users {
+        let mut key = [0u8; 32];
+        rand::Rng::fill(&mut rand::rngs::OsRng, &mut key);
+        Users::with_mock_key(users, key)
+    }
+
+    /// Builds the table with a given key for mock verifiers. A key that is stable
+    /// across restarts and replicas keeps an unknown name's fake salt stable too,
+    /// as a real user's is (a salt that changed on restart would give it away).
+    pub fn with_mock_key(users: Vec<User>, mock_key: [u8; 32]) -> Users {
         let mut by_name = HashMap::new();
         let mut by_cert_name = HashMap::new();
+        let mut counts: HashMap<u32, usize> = HashMap::new();
         for u in users {
             let u = Arc::new(u);
+            if let Some(v) = &u.verifier {
+                *counts.entry(v.iterations()).or_default() += 1;
+            }
             for n in &u.client_cert_names {
                 by_cert_name.insert(n.clone(), u.clone());
             }
             by_name.insert(u.name.clone(), u);
         }
-        let mut key = [0u8; 32];
-        rand::Rng::fill(&mut rand::rngs::OsRng, &mut key);
+        let mock_iterations = counts
+            .into_iter()
+            .max_by_key(|(i, n)| (*n, *i))
+            .map_or(scram::DEFAULT_ITERATIONS, |(i, _)| i);
         Users {
             by_name,
             by_cert_name,
-            mock_key: Secret::new(key.to_vec()),
+            mock_key: Secret::new(mock_key.to_vec()),
+            mock_iterations,
         }
+    }
+
+    /// Iteration counts of configured verifiers that differ from the mock's
+    /// (users with them can be told apart from unknown names by timing or `i=`).
+    pub fn odd_iteration_users(&self) -> Vec<&str> {
+        let mut odd: Vec<&str> = self
+            .by_name
+            .values()
+            .filter(|u| {
+                u.verifier
+                    .as_ref()
+                    .is_some_and(|v| v.iterations() != self.mock_iterations)
+            })
+            .map(|u| u.name.as_str())
+            .collect();
+        odd.sort_unstable();
+        odd
     }
 
     /// Looks a user up by name.
@@ -311,7 +346,7 @@ impl Users {
     pub fn mock_verifier(&self, name: &[u8]) -> ScramVerifier {
         let mut key = [0u8; 32];
         key.copy_from_slice(self.mock_key.expose());
-        scram::mock_verifier(name, &key)
+        scram::mock_verifier_with_iterations(name, &key, self.mock_iterations)
     }
 }
 

@@ -503,12 +503,22 @@ impl ScramVerifier {
 /// The iteration count is [`DEFAULT_ITERATIONS`]; real verifiers should use it too, or
 /// an unknown user stands out by its count.
 pub fn mock_verifier(username: &[u8], mock_key: &[u8; KEY_LEN]) -> ScramVerifier {
+    mock_verifier_with_iterations(username, mock_key, DEFAULT_ITERATIONS)
+}
+
+/// [`mock_verifier`] with the iteration count the real verifiers use, so that an
+/// unknown user's `i=` (and the time a password check takes) matches theirs.
+pub fn mock_verifier_with_iterations(
+    username: &[u8],
+    mock_key: &[u8; KEY_LEN],
+    iterations: u32,
+) -> ScramVerifier {
     // The NUL after each label keeps label || username unambiguous between uses.
     let salt = hmac_sha256(mock_key, &[b"salt\0", username]);
     let mut salt = salt.to_vec();
     salt.truncate(DEFAULT_SALT_LEN);
     ScramVerifier {
-        iterations: DEFAULT_ITERATIONS,
+        iterations: iterations.max(1),
         salt,
         stored_key: hmac_sha256(mock_key, &[b"stored key\0", username]),
         server_key: hmac_sha256(mock_key, &[b"server key\0", username]),

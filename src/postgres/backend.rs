@@ -21,6 +21,10 @@ use crate::stream::BackendStream;
 /// Largest message accepted while logging in (ParameterStatus, errors, SASL).
 const MAX_LOGIN_MESSAGE: usize = MAX_AUTH_MESSAGE;
 
+/// Most bytes of ParameterStatus and notices held for the client while logging
+/// in: a real server sends about a kilobyte; a hostile one could send forever.
+const MAX_GREETING: usize = 64 * 1024;
+
 /// Startup parameters that are the proxy's to set, never the client's.
 const RESERVED_PARAMS: &[&str] = &["user", "database", "replication"];
 
@@ -170,6 +174,7 @@ async fn connect_inner(
     let mut sasl_done = false;
     let mut authenticated = false;
     let mut greeting = Vec::new();
+    let mut greeting_len = 0usize;
     let mut key = None;
     loop {
         let msg = loop {
@@ -260,7 +265,13 @@ async fn connect_inner(
                 return Err(LoginError::Passed(reframe(b'E', &msg.body), fields));
             }
             b'S' | b'N' if authenticated || msg.tag == b'N' => {
-                greeting.push(reframe(msg.tag, &msg.body))
+                greeting_len += 5 + msg.body.len();
+                if greeting_len > MAX_GREETING {
+                    return Err(protocol(
+                        "too many parameter or notice messages during login",
+                    ));
+                }
+                greeting.push(reframe(msg.tag, &msg.body));
             }
             b'K' if authenticated => {
                 if msg.body.len() < 8 {

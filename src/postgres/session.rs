@@ -454,20 +454,21 @@ fn forbidden_option(options: &str) -> bool {
                 .map(str::to_string)
         };
         if let Some(s) = setting {
-            let name = s
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-                .replace('-', "_");
-            if name == "role" || name == "session_authorization" {
+            if forbidden_setting(s.split('=').next().unwrap_or("")) {
                 return true;
             }
         }
         i += 1;
     }
     false
+}
+
+/// GUCs a client may not set, in any spelling PostgreSQL accepts: `role` or
+/// `session_authorization` would make the session act as another role than the
+/// one the proxy user maps to.
+fn forbidden_setting(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase().replace('-', "_");
+    name == "role" || name == "session_authorization"
 }
 
 /// Splits `options` as `pg_split_opts` does: whitespace separates, backslash escapes.
@@ -536,7 +537,9 @@ async fn authenticate(
         )
         .await);
     };
-    if startup.get("options").is_some_and(forbidden_option) {
+    if startup.get("options").is_some_and(forbidden_option)
+        || startup.params.iter().any(|(k, _)| forbidden_setting(k))
+    {
         let text = "setting role or session_authorization in startup options is not allowed";
         return Err(fatal(
             ctx,
@@ -915,6 +918,14 @@ mod tests {
         ] {
             assert!(!forbidden_option(ok), "{ok}");
         }
+    }
+
+    #[test]
+    fn top_level_role_parameters_are_found() {
+        assert!(forbidden_setting("role"));
+        assert!(forbidden_setting("ROLE"));
+        assert!(forbidden_setting("Session-Authorization"));
+        assert!(!forbidden_setting("application_name"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use thiserror::Error;
 /// replication or persistence, and scripts (which could call any of those).
 pub const DEFAULT_RULES: &str = "+@all -@admin -@dangerous -@scripting \
      -config -acl -module -debug -monitor -shutdown -replicaof -slaveof -migrate \
-     -sync -psync -client|kill -eval -evalsha -eval_ro -evalsha_ro -fcall -fcall_ro \
+     -sync -psync -client|kill -client|info -eval -evalsha -eval_ro -evalsha_ro -fcall -fcall_ro \
      -script -function";
 
 /// Redis caps client-supplied names echoed in errors at 128 bytes (`%.128s` in
@@ -137,7 +137,13 @@ impl CommandPolicy {
     pub fn default_policy() -> CommandPolicy {
         // DEFAULT_RULES is a constant checked by the `default_rules_parse` test,
         // so this cannot fail at run time with the committed command table.
-        CommandPolicy::parse(DEFAULT_RULES).expect("DEFAULT_RULES compile against the table")
+        let mut p =
+            CommandPolicy::parse(DEFAULT_RULES).expect("DEFAULT_RULES compile against the table");
+        // A backend newer than the table may have commands the table does not
+        // know; the default does not let them through unseen (`+@all` in a
+        // user's own rules does, as in Redis).
+        p.unknown_allowed = false;
+        p
     }
 
     /// Decides whether a user may run `name` (any case) with first argument `sub`.
@@ -411,7 +417,10 @@ mod tests {
 
     #[test]
     fn default_rules_parse() {
-        assert_eq!(CommandPolicy::default_policy(), policy(DEFAULT_RULES));
+        let parsed = policy(DEFAULT_RULES);
+        let default = CommandPolicy::default_policy();
+        assert_eq!(default.allowed, parsed.allowed);
+        assert!(parsed.unknown_allowed && !default.unknown_allowed);
     }
 
     #[test]
@@ -560,7 +569,11 @@ mod tests {
         let unknown = Verdict::Deny(DenyReason::UnknownCommand);
         assert!(allow(&policy("+@all"), "json.get", None));
         assert!(allow(&policy("+@all -@read -get"), "newcommand", None));
-        assert!(allow(&CommandPolicy::default_policy(), "newcommand", None));
+        // The default is stricter than `+@all`: commands the table does not know stay out.
+        assert_eq!(
+            CommandPolicy::default_policy().check(b"newcommand", None),
+            unknown
+        );
         assert_eq!(
             policy("+@all -@all +@read").check(b"newcommand", None),
             unknown

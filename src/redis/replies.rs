@@ -14,6 +14,9 @@ pub const NOPROTO: &[u8] = b"-NOPROTO unsupported protocol version\r\n";
 pub const HELLO_BAD_VERSION: &[u8] = b"-ERR Protocol version is not an integer or out of range\r\n";
 /// AUTH with the wrong number of arguments.
 pub const AUTH_ARITY: &[u8] = b"-ERR wrong number of arguments for 'auth' command\r\n";
+/// SETNAME with a name Redis would refuse.
+pub const BAD_CLIENT_NAME: &[u8] =
+    b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
 /// EXEC after a command was refused inside MULTI (multi.c, `execCommand`).
 pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 /// AUTH, HELLO or RESET inside MULTI (Redis's text for `no-multi` commands).

@@ -49,8 +49,8 @@ pub enum ProtocolError {
     #[error("Protocol error: too big bulk count string")]
     BulkLineTooLong,
     /// Something other than `$` where an argument should start.
-    #[error("Protocol error: expected '$', got '{0}'")]
-    ExpectedDollar(char),
+    #[error("Protocol error: expected '$', got '{}'", printable(*.0))]
+    ExpectedDollar(u8),
     /// A bulk payload not followed by CRLF.
     #[error("Protocol error: expected CRLF after bulk argument")]
     MissingCrlf,
@@ -60,6 +60,16 @@ pub enum ProtocolError {
     /// Inline quoting that does not close.
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
+}
+
+/// A client byte as text for an error reply or a log: printable ASCII as
+/// itself, anything else as `\xHH` (never a raw control character).
+fn printable(b: u8) -> String {
+    if b.is_ascii_graphic() || b == b' ' {
+        char::from(b).to_string()
+    } else {
+        format!("\\x{b:02x}")
+    }
 }
 
 /// Limits for one connection phase.
@@ -250,7 +260,7 @@ fn decode_multibulk(
                 .then(|| stream(buf, pos, argc, args, captured, TailState::Header, argc - k)));
         };
         if first != b'$' {
-            return Err(ProtocolError::ExpectedDollar(char::from(first)));
+            return Err(ProtocolError::ExpectedDollar(first));
         }
         let Some(eol) =
             find_line(buf, pos + 1, MAX_COUNT_LINE).map_err(|()| ProtocolError::BulkLineTooLong)?
@@ -381,7 +391,7 @@ impl Tail {
             match self.state {
                 TailState::Header => {
                     if buf[pos] != b'$' {
-                        return Err(ProtocolError::ExpectedDollar(char::from(buf[pos])));
+                        return Err(ProtocolError::ExpectedDollar(buf[pos]));
                     }
                     let Some(eol) = find_line(buf, pos + 1, MAX_COUNT_LINE)
                         .map_err(|()| ProtocolError::BulkLineTooLong)?
@@ -661,7 +671,7 @@ mod tests {
             ),
             (b"*1\r\n$-1\r\n", &a, ProtocolError::BulkLength),
             (b"*1\r\n$536870913\r\n", &a, ProtocolError::BulkLength),
-            (b"*1\r\n:1\r\n", &a, ProtocolError::ExpectedDollar(':')),
+            (b"*1\r\n:1\r\n", &a, ProtocolError::ExpectedDollar(b':')),
             (b"*1\r\n$1\r\nab\r\n", &a, ProtocolError::MissingCrlf),
             (b"set \"a\"b\r\n", &a, ProtocolError::UnbalancedQuotes),
             (b"set 'a\r\n", &a, ProtocolError::UnbalancedQuotes),

@@ -424,7 +424,12 @@ fn parse_hello(req: &Request) -> Result<Hello, Vec<u8>> {
             h.auth = Some((u.to_vec(), zeroize::Zeroizing::new(p.to_vec())));
             j += 3;
         } else if opt.eq_ignore_ascii_case(b"setname") && more >= 1 {
-            h.setname = Some(req.arg(j + 1).unwrap_or(b"").to_vec());
+            let name = req.arg(j + 1).unwrap_or(b"");
+            // Redis's rule (networking.c, validateClientName): printable ASCII, no spaces.
+            if !name.iter().all(|b| (b'!'..=b'~').contains(b)) {
+                return Err(replies::BAD_CLIENT_NAME.to_vec());
+            }
+            h.setname = Some(name.to_vec());
             j += 2;
         } else {
             return Err(replies::hello_syntax_error(opt));
@@ -674,9 +679,15 @@ impl Relay<'_> {
         }
     }
 
+    /// True while an out-of-band frame (pub/sub message, push) is half relayed:
+    /// nothing of the proxy's own may be written into the middle of it.
+    fn mid_unsolicited(&self) -> bool {
+        self.streaming_reply == Some(Disposition::Unsolicited)
+    }
+
     /// Owes the client `reply` after everything already owed.
     fn push_local(&mut self, reply: Bytes) {
-        if self.slots.is_empty() {
+        if self.slots.is_empty() && !self.mid_unsolicited() {
             self.to_client.push(reply);
         } else {
             self.slots.push_back(Slot::Local(reply));
@@ -685,10 +696,35 @@ impl Relay<'_> {
 
     fn close_after_pending(&mut self) {
         self.closing = true;
-        if self.slots.is_empty() {
+        if self.slots.is_empty() && !self.mid_unsolicited() {
             return;
         }
         self.slots.push_back(Slot::Close);
+    }
+
+    /// In RESP2 subscribed mode now, or about to be once a pipelined SUBSCRIBE lands.
+    fn subscribed_or_subscribing(&self) -> bool {
+        self.subs.active()
+            || self.slots.iter().any(|s| {
+                matches!(
+                    s,
+                    Slot::Subscribe {
+                        kind: SubKind::Subscribe | SubKind::PSubscribe | SubKind::SSubscribe,
+                        ..
+                    }
+                )
+            })
+    }
+
+    /// Writes the replies the proxy owes that are now at the front.
+    fn drain_locals(&mut self) {
+        while let Some(Slot::Local(_) | Slot::Close) = self.slots.front() {
+            match self.slots.pop_front() {
+                Some(Slot::Local(b)) => self.to_client.push(b),
+                Some(Slot::Close) => self.closing = true,
+                _ => {}
+            }
+        }
     }
 
     fn forward(&mut self, raw: Bytes, slot: Slot) {
@@ -734,6 +770,8 @@ impl Relay<'_> {
                 }
                 Err(e) => {
                     self.ctx.metrics.refused("protocol_error");
+                    info!(event = "command_refused", listener = %self.ctx.listener.name, peer = %self.peer,
+                        user = %escape(self.identity.name().as_bytes()), reason = "protocol_error", error = %e);
                     self.push_local(Bytes::from(replies::error(&e.to_string())));
                     self.close_after_pending();
                     break;
@@ -754,12 +792,25 @@ impl Relay<'_> {
         }
         let tail = req.tail.take();
         let name = req.arg(0).unwrap_or(b"");
-        let in_multi_refused =
-            self.multi.active && ["auth", "hello", "reset"].iter().any(|c| eq(Some(name), c));
-        let forward = if in_multi_refused {
-            // These change the login the proxy tracks; inside MULTI Redis would
-            // queue RESET and refuse AUTH/HELLO, so the proxy refuses all three
-            // (flagging the transaction, as Redis does for a refused command).
+        let in_multi_refused = self.multi.active
+            && (["auth", "hello", "reset"].iter().any(|c| eq(Some(name), c))
+                || SubKind::of(name).is_some());
+        let subscribed_refused = self.proto == 2
+            && self.subscribed_or_subscribing()
+            && ["auth", "hello"].iter().any(|c| eq(Some(name), c));
+        let forward = if subscribed_refused {
+            // Redis refuses these in RESP2 subscribed mode; the proxy must not send its
+            // own re-login there either.
+            let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+            let reply = replies::error(&format!(
+                "Can't execute '{lower}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            ));
+            self.deny(name, "subscribed_context", Bytes::from(reply));
+            false
+        } else if in_multi_refused {
+            // These change the login or the subscription state the proxy tracks;
+            // inside MULTI their replies would hide in EXEC's array, so the proxy
+            // refuses them (flagging the transaction, as Redis does for a refused command).
             let reply = Bytes::from_static(replies::NOT_IN_MULTI);
             self.deny(name, "not_in_multi", reply);
             false
@@ -773,7 +824,7 @@ impl Relay<'_> {
             self.close_after_pending();
             false
         } else {
-            self.command(req)
+            self.command(req, tail.is_some())
         };
         if let Some(tail) = tail {
             self.req_tail = Some((tail, forward));
@@ -782,7 +833,7 @@ impl Relay<'_> {
     }
 
     /// Checks policy and forwards an ordinary command. Returns whether it was forwarded.
-    fn command(&mut self, req: Request) -> bool {
+    fn command(&mut self, req: Request, has_tail: bool) -> bool {
         let name = req.arg(0).unwrap_or(b"");
         let spec = super::commands::lookup(name);
         let sub = if spec.is_some_and(|s| s.has_subcommands()) {
@@ -831,7 +882,8 @@ impl Relay<'_> {
                         Request::from_args(&["DISCARD"]).into_raw(),
                         Slot::Replace(replies::EXECABORT),
                     );
-                    return true;
+                    // The client's EXEC was not forwarded: any tail it has is dropped.
+                    return false;
                 }
             }
             "discard" => self.multi = Multi::default(),
@@ -839,8 +891,10 @@ impl Relay<'_> {
         }
         let slot = match cmd {
             "hello" => Slot::Reply(Effect::None),
-            "reset" => {
+            "reset" if argc == 1 && !has_tail => {
                 // RESET also logs the connection out (Redis 6.2+): log back in right behind it.
+                // Only for a whole RESET: with arguments Redis refuses it (arity), and the
+                // proxy's own bytes must never sit between a request's head and its tail.
                 self.multi = Multi::default();
                 self.forward(req.into_raw(), Slot::Reply(Effect::Reset));
                 self.relogin();
@@ -888,7 +942,6 @@ impl Relay<'_> {
     /// if the new user maps to another backend user. Returns false on failure
     /// (the WRONGPASS reply is already owed).
     async fn switch_user(&mut self, user: &[u8], password: &[u8]) -> Result<bool, SessionError> {
-        self.auth_attempts += 1;
         let result = verify(self.ctx, user, password).await;
         self.ctx
             .audit_login(self.peer, user, result.as_ref().map_err(|f| *f));
@@ -898,6 +951,7 @@ impl Relay<'_> {
                 // As in Redis, a failed AUTH leaves the connection logged in as before.
                 self.ctx.metrics.refused("wrongpass");
                 self.push_local(Bytes::from_static(replies::WRONGPASS));
+                self.auth_attempts += 1;
                 if self.auth_attempts >= MAX_AUTH_ATTEMPTS {
                     self.close_after_pending();
                 }
@@ -955,7 +1009,8 @@ impl Relay<'_> {
         let effect = h.proto.map_or(Effect::None, Effect::Proto);
         self.ctx.metrics.allowed.inc();
         self.forward(raw, Slot::Reply(effect));
-        true
+        // Re-encoded, not the client's bytes (and whole: parse_hello refuses a streamed HELLO).
+        false
     }
 
     /// Scans backend replies and routes them, stopping when the client side is full.
@@ -977,7 +1032,9 @@ impl Relay<'_> {
                     if disposition != Disposition::Swallow {
                         self.to_client.push(chunk);
                     }
-                    if disposition != Disposition::Unsolicited {
+                    if disposition == Disposition::Unsolicited {
+                        self.drain_locals();
+                    } else {
                         self.reply_done(&info)?;
                     }
                 }
@@ -1073,18 +1130,17 @@ impl Relay<'_> {
                 }
                 true
             }
-            Slot::Local(_) | Slot::Close => true,
+            Slot::Local(_) | Slot::Close => {
+                // drain_locals runs after every frame, so a reply never meets these.
+                return Err(SessionError::Backend(BackendError::Protocol(
+                    "reply without a request".into(),
+                )));
+            }
         };
         if done {
             self.slots.pop_front();
         }
-        while let Some(Slot::Local(_) | Slot::Close) = self.slots.front() {
-            match self.slots.pop_front() {
-                Some(Slot::Local(b)) => self.to_client.push(b),
-                Some(Slot::Close) => self.closing = true,
-                _ => {}
-            }
-        }
+        self.drain_locals();
         Ok(())
     }
 }

@@ -414,6 +414,17 @@ impl Raw {
         out
     }
 
+    /// Waits until some bytes have arrived (not necessarily a whole reply).
+    pub async fn read_some(&mut self) {
+        let mut chunk = vec![0u8; 65536];
+        let k = tokio::time::timeout(Duration::from_secs(10), self.io.read(&mut chunk))
+            .await
+            .expect("timed out")
+            .expect("read");
+        assert!(k > 0, "closed");
+        self.buf.extend_from_slice(&chunk[..k]);
+    }
+
     pub async fn reply(&mut self) -> String {
         self.replies(1).await.remove(0)
     }
