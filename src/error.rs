@@ -79,6 +79,9 @@ pub enum SessionError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// A cap or timeout of the abuse controls ended the session (the label says which).
+    #[error("refused: {0}")]
+    Limit(&'static str),
     /// The proxy is shutting down.
     #[error("shutting down")]
     Shutdown,
@@ -92,7 +95,8 @@ impl SessionError {
             | SessionError::ClientProtocol(_)
             | SessionError::ClientTls(_)
             | SessionError::LoginTimeout
-            | SessionError::Http => Side::Client,
+            | SessionError::Http
+            | SessionError::Limit(_) => Side::Client,
             SessionError::Backend(_) => Side::Backend,
             SessionError::Shutdown => Side::Internal,
         }
@@ -107,6 +111,7 @@ impl SessionError {
             SessionError::LoginTimeout => "login_timeout",
             SessionError::Http => "http_request",
             SessionError::Backend(b) => b.label(),
+            SessionError::Limit(reason) => reason,
             SessionError::Shutdown => "shutdown",
         }
     }

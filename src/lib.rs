@@ -13,6 +13,9 @@
 //!   `session` (TLS negotiation, SCRAM at the proxy, then the relay),
 //!   `backend` (connect and log in), `cancel` (proxy keys → backend keys).
 //! - [`outbox`]: the write queue both relays use.
+//! - [`limits`]: pure abuse-control policy (token buckets, connection caps,
+//!   login backoff, log sampling); [`guards`]: their runtime instances and the
+//!   [`guards::Admission`] permits a session holds; [`proxy_protocol`]: PROXY v1/v2.
 //! - [`auth`]: users, secrets, SCRAM verifiers; [`auth::Identity`] is the
 //!   only proof of authentication and only `auth` builds it. No I/O.
 //! - [`config`]: TOML → validated types (secrets resolved, TLS loaded, rules compiled).
@@ -28,10 +31,13 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod guards;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod postgres;
+pub mod proxy_protocol;
 pub mod redis;
 pub mod server;
 pub mod stream;

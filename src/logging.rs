@@ -23,28 +23,6 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
-/// Most refusal lines one session writes; past it the rest are only counted
-/// (in metrics), and one line says so. A client looping on a refused command
-/// cannot flood the log.
-pub const MAX_REFUSAL_LINES: u32 = 8;
-
-/// Per-session gate for refusal log lines.
-#[derive(Debug, Default)]
-pub struct RefusalLog {
-    written: u32,
-}
-
-impl RefusalLog {
-    /// Whether to write this refusal's line; logs the suppression notice once.
-    pub fn allow(&mut self) -> bool {
-        self.written = self.written.saturating_add(1);
-        if self.written == MAX_REFUSAL_LINES + 1 {
-            tracing::info!(event = "refusals_suppressed", limit = MAX_REFUSAL_LINES);
-        }
-        self.written <= MAX_REFUSAL_LINES
-    }
-}
-
 /// Installs the global tracing subscriber (from `main` only). `RUST_LOG` overrides the level.
 pub fn init(format: LogFormat) {
     use tracing_subscriber::EnvFilter;

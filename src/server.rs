@@ -14,10 +14,13 @@ use tracing::{info, warn};
 
 use crate::auth::{AuthFailure, Identity, Users};
 use crate::config::{Config, Limits, Listener, Protocol};
+use crate::guards::{Admission, Guards, MAINTENANCE_INTERVAL};
 use crate::logging::escape;
 use crate::metrics::UNKNOWN_USER;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::postgres::cancel::CancelRegistry;
+use crate::stream::ClientTcp;
+use bytes::BytesMut;
 
 /// Longest pause after an accept error such as EMFILE.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -57,6 +60,8 @@ pub struct Context {
     pub close: CancellationToken,
     /// PostgreSQL cancel keys, shared by every listener.
     pub cancels: Arc<CancelRegistry>,
+    /// Rate limits, caps and login backoff, shared by every listener.
+    pub guards: Arc<Guards>,
 }
 
 impl Context {
@@ -144,6 +149,21 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let conn_permits = Arc::new(Semaphore::new(config.limits.max_connections));
     let auth_permits = Arc::new(Semaphore::new(config.limits.max_concurrent_auth));
     let cancels = Arc::new(CancelRegistry::new());
+    let guards = Arc::new(Guards::new(&config));
+    {
+        // Keyed limiters and tables shrink back as keys go quiet.
+        let guards = guards.clone();
+        let stop = shutdown.stop_accepting.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => guards.maintain(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
     for w in &config.warnings {
         warn!(event = "config_warning", "{w}");
     }
@@ -173,6 +193,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
             auth_permits: auth_permits.clone(),
             close: close.clone(),
             cancels: cancels.clone(),
+            guards: guards.clone(),
         });
         loops.push((sock, ctx));
     }
@@ -270,7 +291,7 @@ async fn accept_loop(
                     .with_label_values(&[ctx.metrics.listener()])
                     .inc();
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    refuse_connection(&ctx, tcp, "max_connections");
+                    refuse_connection(&ctx, &tcp, "max_connections");
                     continue;
                 };
                 let ctx = ctx.clone();
@@ -309,7 +330,7 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 }
 
 /// Refuses a connection over the cap without any TLS work.
-fn refuse_connection(ctx: &Arc<Context>, tcp: TcpStream, reason: &'static str) {
+fn refuse_connection(ctx: &Arc<Context>, tcp: &TcpStream, reason: &'static str) {
     ctx.metrics.connection_refused(reason);
     // A plain Redis listener can say why; over TLS the reply would need a handshake first.
     // PostgreSQL clients read an ErrorResponse before any startup packet (as PostgreSQL
@@ -330,14 +351,124 @@ fn refuse_connection(ctx: &Arc<Context>, tcp: TcpStream, reason: &'static str) {
     }
 }
 
+/// Longest wait for a PROXY protocol header (and for the first bytes of an
+/// untrusted peer, to see whether it sends one): the login deadline bounds it too.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest PROXY header read: v2's 16-byte preamble plus its capped body.
+const MAX_PROXY_READ: usize = 16 + crate::proxy_protocol::MAX_V2_LEN;
+
+/// The PROXY protocol phase. From a trusted peer a header is required and gives
+/// the real client address; from any other peer a header is refused. Bytes read
+/// past the header (a ClientHello, an SSLRequest) are handed to the session.
+async fn proxy_phase(
+    ctx: &Context,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    trusted: &crate::proxy_protocol::TrustedProxies,
+) -> Result<(ClientTcp, SocketAddr), (TcpStream, &'static str)> {
+    use crate::proxy_protocol::{decode, starts_like_header, ProxyHeader};
+    use tokio::io::AsyncReadExt;
+    let from_trusted = trusted.trusts(peer.ip());
+    let mut buf = BytesMut::with_capacity(256);
+    let deadline = tokio::time::Instant::now() + PROXY_HEADER_TIMEOUT.min(ctx.limits.login_timeout);
+    loop {
+        if from_trusted {
+            match decode(&buf) {
+                Ok(Some((header, n))) => {
+                    let rest = buf.split_off(n);
+                    let addr = match header {
+                        ProxyHeader::Proxied { source, .. } => source,
+                        // LOCAL (the proxy's own health checks) and UNKNOWN: the peer itself.
+                        ProxyHeader::Local | ProxyHeader::Unknown => peer,
+                    };
+                    return Ok((ClientTcp::new(tcp, rest), addr));
+                }
+                Ok(None) if buf.len() < MAX_PROXY_READ => {}
+                Ok(None) | Err(_) => return Err((tcp, "proxy_header_invalid")),
+            }
+        } else {
+            match starts_like_header(&buf) {
+                Some(true) => return Err((tcp, "proxy_header_untrusted")),
+                Some(false) => return Ok((ClientTcp::new(tcp, buf), peer)),
+                None => {}
+            }
+        }
+        let read = tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            // The peer said nothing (yet) or went away: an untrusted peer is served as it is.
+            _ if !from_trusted && !buf.is_empty() => return Ok((ClientTcp::new(tcp, buf), peer)),
+            _ => {
+                return Err((
+                    tcp,
+                    if from_trusted {
+                        "proxy_header_missing"
+                    } else {
+                        "closed"
+                    },
+                ))
+            }
+        }
+    }
+}
+
+/// [`refuse_connection`] for a connection already wrapped.
+fn refuse_client(ctx: &Arc<Context>, tcp: &ClientTcp, reason: &'static str) {
+    ctx.metrics.connection_refused(reason);
+    match ctx.listener.protocol {
+        Protocol::Redis if ctx.listener.tls.is_none() => {
+            let _ = tcp.try_write(b"-ERR max number of clients reached\r\n");
+        }
+        Protocol::Postgres => {
+            let e = crate::postgres::messages::error_response(
+                crate::postgres::messages::Severity::Fatal,
+                "53300",
+                "sorry, too many clients already",
+            );
+            let _ = tcp.try_write(&e);
+        }
+        Protocol::Redis => {}
+    }
+}
+
 async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let tcp = crate::stream::ClientTcp::new(tcp, bytes::BytesMut::new());
+    let Some(guard) = ctx.guards.listener(&ctx.listener.name) else {
+        return;
+    };
+    let (tcp, client) = match &guard.trusted {
+        None => (ClientTcp::new(tcp, BytesMut::new()), peer),
+        Some(trusted) => match proxy_phase(&ctx, tcp, peer, trusted).await {
+            Ok(x) => x,
+            Err((tcp, reason)) => {
+                if reason != "closed" {
+                    if ctx.guards.log_refusal(peer.ip(), reason) {
+                        info!(event = "connection_refused", listener = %ctx.listener.name, %peer, reason);
+                    }
+                    ctx.metrics.connection_refused(reason);
+                }
+                drop(tcp);
+                return;
+            }
+        },
+    };
+    let admission = match Admission::admit(&ctx.guards, guard, client.ip()) {
+        Ok(a) => a,
+        Err(refusal) => {
+            let reason = refusal.label();
+            if ctx.guards.log_refusal(client.ip(), reason) {
+                info!(event = "connection_refused", listener = %ctx.listener.name, peer = %client, reason);
+            }
+            refuse_client(&ctx, &tcp, reason);
+            return;
+        }
+    };
     let started = Instant::now();
     ctx.metrics.active.inc();
     match ctx.listener.protocol {
-        Protocol::Redis => crate::redis::session::serve(&ctx, tcp, peer).await,
-        Protocol::Postgres => crate::postgres::session::serve(&ctx, tcp, peer).await,
+        Protocol::Redis => crate::redis::session::serve(&ctx, tcp, client, admission).await,
+        Protocol::Postgres => crate::postgres::session::serve(&ctx, tcp, client, admission).await,
     }
     ctx.metrics.active.dec();
     ctx.metrics

@@ -73,7 +73,10 @@ fn scan(input: &[u8], sizes: &[usize]) -> Outcome {
                     at = piece.len();
                 }
                 Ok(Scan::Complete { len, info }) => {
-                    assert!(len >= 1 && len <= piece.len() - at, "Complete with bad len {len}");
+                    assert!(
+                        len >= 1 && len <= piece.len() - at,
+                        "Complete with bad len {len}"
+                    );
                     assert!(!scanner.in_frame(), "still in a frame after Complete");
                     at += len;
                     frames.push((offset + at, info));

@@ -41,18 +41,34 @@ fuzz_target!(|data: &[u8]| {
     let chunked = Run::feed(input, limits, chunk);
 
     for (name, other) in [("byte-at-a-time", &bytewise), ("chunked", &chunked)] {
-        assert_eq!(whole.error, other.error, "first error differs: whole vs {name}");
+        assert_eq!(
+            whole.error, other.error,
+            "first error differs: whole vs {name}"
+        );
         if limits.stream_after.is_none() {
-            assert_eq!(whole.events, other.events, "requests differ: whole vs {name}");
-            assert_eq!(whole.consumed, other.consumed, "consumed differs: whole vs {name}");
+            assert_eq!(
+                whole.events, other.events,
+                "requests differ: whole vs {name}"
+            );
+            assert_eq!(
+                whole.consumed, other.consumed,
+                "consumed differs: whole vs {name}"
+            );
             assert!(!whole.tail_open && !other.tail_open);
         } else if whole.error.is_none() {
-            assert_eq!(whole.shapes(), other.shapes(), "shapes differ: whole vs {name}");
+            assert_eq!(
+                whole.shapes(),
+                other.shapes(),
+                "shapes differ: whole vs {name}"
+            );
             assert!(
                 whole.forwarded == other.forwarded,
                 "forwarded bytes differ: whole vs {name}"
             );
-            assert_eq!(whole.consumed, other.consumed, "consumed differs: whole vs {name}");
+            assert_eq!(
+                whole.consumed, other.consumed,
+                "consumed differs: whole vs {name}"
+            );
             assert_eq!(whole.tail_open, other.tail_open);
         } else {
             // A request that fails part way may have had its head streamed in
@@ -162,7 +178,10 @@ impl<'a> Run<'a> {
                     );
                     return Ok(());
                 }
-                assert!(!bytes.is_empty(), "a tail finished without consuming anything");
+                assert!(
+                    !bytes.is_empty(),
+                    "a tail finished without consuming anything"
+                );
                 self.tail = None;
             }
 
@@ -207,7 +226,10 @@ fn check_request(request: &Request, src: &[u8], limits: &RequestLimits) {
     assert!(argc <= limits.max_args, "argument count over the limit");
     let args = captured(request);
     if limits.stream_after.is_none() {
-        assert!(request.tail.is_none(), "streamed although the limits never stream");
+        assert!(
+            request.tail.is_none(),
+            "streamed although the limits never stream"
+        );
         assert!(args.iter().all(|a| a.len() <= limits.max_bulk));
     }
     if request.is_inline() {
@@ -216,13 +238,20 @@ fn check_request(request: &Request, src: &[u8], limits: &RequestLimits) {
         assert!(request.raw().starts_with(b"*"));
         assert!(request.tail.is_none(), "inline requests are never streamed");
     } else {
-        assert!(request.raw()[..] == *src, "multibulk raw is not the bytes consumed");
+        assert!(
+            request.raw()[..] == *src,
+            "multibulk raw is not the bytes consumed"
+        );
     }
     if request.tail.is_some() {
         assert!(!request.is_whole());
         return;
     }
-    assert_eq!(args.len(), argc.min(MAX_CAPTURED), "a whole request lacks arguments");
+    assert_eq!(
+        args.len(),
+        argc.min(MAX_CAPTURED),
+        "a whole request lacks arguments"
+    );
     assert_eq!(request.is_whole(), argc <= MAX_CAPTURED);
 
     // The backend parses what we forward; it must be the request we checked.

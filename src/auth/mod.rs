@@ -71,6 +71,8 @@ pub struct User {
     pub pg_databases: Option<Vec<String>>,
     /// Whether the user may open replication connections.
     pub pg_allow_replication: bool,
+    /// Connection caps and command rates for this user.
+    pub limits: crate::config::UserLimits,
 }
 
 impl User {
@@ -160,6 +162,9 @@ pub enum AuthFailure {
     NoPassword,
     /// No configured user matches the certificate.
     CertificateNotMapped,
+    /// The client's IP (or IP and user) is banned after failed logins; the
+    /// password was not checked.
+    Banned,
 }
 
 impl AuthFailure {
@@ -172,6 +177,7 @@ impl AuthFailure {
             AuthFailure::ListenerNotAllowed => "listener_not_allowed",
             AuthFailure::NoPassword => "no_password",
             AuthFailure::CertificateNotMapped => "certificate_not_mapped",
+            AuthFailure::Banned => "banned",
         }
     }
 }
@@ -251,6 +257,11 @@ impl Users {
     /// Looks a user up by name.
     pub fn get(&self, name: &str) -> Option<&Arc<User>> {
         self.by_name.get(name)
+    }
+
+    /// Every user.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.by_name.values()
     }
 
     /// Whether `name` is a configured user (for bounded metric labels).
@@ -365,6 +376,7 @@ mod tests {
             redis_policy: Arc::new(CommandPolicy::default_policy()),
             pg_databases: None,
             pg_allow_replication: false,
+            limits: crate::config::UserLimits::default(),
         }
     }
 

@@ -12,6 +12,7 @@
 //!    own BackendKeyData and ReadyForQuery;
 //! 5. **relay**: framed messages both ways, bounded in size, unchanged.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,6 +33,10 @@ use crate::auth::scram_server::{ChannelBinding, ScramServer};
 use crate::auth::{AuthFailure, Identity};
 use crate::config::PgAuth;
 use crate::error::{BackendError, SessionError};
+use crate::guards::{Admission, ByteBudget};
+use crate::limits::backoff::AuthVerdict;
+use crate::limits::rate::Rate;
+use crate::limits::Action;
 use crate::logging::escape;
 use crate::outbox::Outbox;
 use crate::server::Context;
@@ -58,6 +63,9 @@ mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 }
 
 /// A client connection and its read buffer.
@@ -103,9 +111,9 @@ impl Conn {
 }
 
 /// Serves one accepted connection to the end, logging how it ended.
-pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) {
+pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr, admission: Admission) {
     let result = tokio::select! {
-        r = run(ctx, tcp, peer) => r,
+        r = run(ctx, tcp, peer, admission) => r,
         _ = ctx.close.cancelled() => Err(SessionError::Shutdown),
     };
     match result {
@@ -141,7 +149,12 @@ enum Negotiated {
     Done,
 }
 
-async fn run(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) -> Result<(), SessionError> {
+async fn run(
+    ctx: &Arc<Context>,
+    tcp: ClientTcp,
+    peer: SocketAddr,
+    mut admission: Admission,
+) -> Result<(), SessionError> {
     let deadline = Instant::now() + ctx.limits.login_timeout;
     let login = async {
         let (conn, startup) = match negotiate(ctx, tcp, peer).await? {
@@ -149,7 +162,8 @@ async fn run(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) -> Result<(),
             Negotiated::Done => return Ok(None),
         };
         let mut conn = conn;
-        let (identity, database) = authenticate(ctx, &mut conn, &startup, peer).await?;
+        let (identity, database) =
+            authenticate(ctx, &mut conn, &startup, peer, &mut admission).await?;
         Ok::<_, SessionError>(Some((conn, startup, identity, database)))
     };
     let (mut conn, startup, identity, database) =
@@ -233,6 +247,21 @@ async fn run(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) -> Result<(),
         client_framer: Framer::default(),
         backend_framer: Framer::default(),
         terminating: false,
+        admission,
+        bytes_rate: ctx
+            .listener
+            .limits
+            .bytes_per_connection
+            .map(|r| ByteBudget::new(Rate::new(r))),
+        commands_paused_until: None,
+        reads_paused_until: None,
+        last_activity: Instant::now(),
+        ready_owed: 0,
+        ready_seen: 0,
+        status: b'I',
+        skipping: false,
+        dropping: false,
+        owed: VecDeque::new(),
     };
     let result = relay.run().await;
     drop(registration);
@@ -515,6 +544,7 @@ async fn authenticate(
     conn: &mut Conn,
     startup: &Startup,
     peer: SocketAddr,
+    admission: &mut Admission,
 ) -> Result<(Identity, String), SessionError> {
     let options = startup.protocol_options();
     if startup.minor > 0 || !options.is_empty() {
@@ -558,10 +588,43 @@ async fn authenticate(
     let shown = escape(user_name.as_bytes());
     let failed_text = format!("password authentication failed for user \"{shown}\"");
 
-    let result = match ctx.listener.postgres.auth {
-        PgAuth::ScramSha256 | PgAuth::Md5 => scram_exchange(ctx, conn, &user_name).await?,
-        PgAuth::Password => cleartext_exchange(ctx, conn, &user_name).await?,
+    // Login backoff: a banned client runs the exchange against a mock verifier, so
+    // its password is never checked and the failure looks like any other.
+    let banned = match ctx.guards.login_verdict(peer.ip(), user_name.as_bytes()) {
+        AuthVerdict::Allow => false,
+        AuthVerdict::Delay(d) => {
+            ctx.metrics.refused("login_backoff");
+            tokio::time::sleep(d).await;
+            false
+        }
+        AuthVerdict::Banned { .. } => {
+            ctx.metrics.refused("login_banned");
+            true
+        }
     };
+    let result = match (ctx.listener.postgres.auth, banned) {
+        (PgAuth::ScramSha256 | PgAuth::Md5, false) => {
+            scram_exchange(ctx, conn, &user_name, false).await?
+        }
+        (PgAuth::ScramSha256 | PgAuth::Md5, true) => {
+            scram_exchange(ctx, conn, &user_name, true).await?
+        }
+        (PgAuth::Password, false) => cleartext_exchange(ctx, conn, &user_name).await?,
+        (PgAuth::Password, true) => {
+            conn.send(&messages::auth_cleartext()).await?;
+            let _ = password_message(ctx, conn).await?;
+            Err(AuthFailure::Banned)
+        }
+    };
+    let result = if banned {
+        Err(AuthFailure::Banned)
+    } else {
+        result
+    };
+    if !banned {
+        ctx.guards
+            .record_login(peer.ip(), user_name.as_bytes(), result.is_ok());
+    }
     // Admission after the proof, so that a user refused here looks exactly like a wrong password.
     let result = result.and_then(|id| {
         if id.user().may_open(&database) {
@@ -584,6 +647,17 @@ async fn authenticate(
             .await);
         }
     };
+    if let Err(refusal) = admission.authenticated(&ctx.guards, &identity) {
+        let text = format!("too many connections for role \"{shown}\"");
+        return Err(fatal(
+            ctx,
+            conn,
+            sqlstate::TOO_MANY_CONNECTIONS,
+            &text,
+            refusal.label(),
+        )
+        .await);
+    }
     if wants_replication(startup) && !identity.user().pg_allow_replication {
         let text = "replication connections are not allowed for this user";
         return Err(fatal(
@@ -655,8 +729,13 @@ async fn scram_exchange(
     ctx: &Arc<Context>,
     conn: &mut Conn,
     user_name: &str,
+    mock_only: bool,
 ) -> Result<Result<Identity, AuthFailure>, SessionError> {
-    let user = ctx.users.get(user_name).cloned();
+    let user = if mock_only {
+        None
+    } else {
+        ctx.users.get(user_name).cloned()
+    };
     let mock;
     let verifier = match user.as_ref().and_then(|u| u.verifier.as_ref()) {
         Some(v) => v,
@@ -756,6 +835,15 @@ async fn cleartext_exchange(
     .unwrap_or(Err(AuthFailure::UnknownUser)))
 }
 
+/// `ERROR 53400` for a command over its rate (reject mode).
+fn rate_limited_error() -> Bytes {
+    messages::error_response(
+        Severity::Error,
+        sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+        "rate limit exceeded",
+    )
+}
+
 /// Phase 5: framed relay in both directions.
 struct Relay<'a> {
     ctx: &'a Arc<Context>,
@@ -772,6 +860,38 @@ struct Relay<'a> {
     backend_framer: Framer,
     /// The client sent Terminate: forward it and close.
     terminating: bool,
+    /// Permits, and the per-IP and per-user command rates.
+    admission: Admission,
+    /// Bytes per second read from this client.
+    bytes_rate: Option<ByteBudget>,
+    /// No Query/Execute is forwarded before this (`delay` mode).
+    commands_paused_until: Option<Instant>,
+    /// The client is not read before this (byte rate).
+    reads_paused_until: Option<Instant>,
+    /// Last byte from the client (idle timeout).
+    last_activity: Instant,
+    /// ReadyForQuery messages the backend owes for forwarded Query/Sync/FunctionCall.
+    ready_owed: u64,
+    /// ReadyForQuery messages seen from the backend.
+    ready_seen: u64,
+    /// Transaction status of the last ReadyForQuery (`I`, `T`, `E`).
+    status: u8,
+    /// After a refused Execute: client messages are dropped up to the next Sync,
+    /// as PostgreSQL does after an error in the extended protocol.
+    skipping: bool,
+    /// The message being read is dropped, not forwarded.
+    dropping: bool,
+    /// Errors the proxy owes, each due when the backend's ReadyForQuery count reaches its mark.
+    owed: VecDeque<Owed>,
+}
+
+/// An error the proxy writes itself, in the place PostgreSQL would have put it.
+enum Owed {
+    /// A refused simple Query: ErrorResponse then ReadyForQuery, once every earlier
+    /// ReadyForQuery has been relayed.
+    AfterReady(u64),
+    /// A refused Execute: ErrorResponse just before the ReadyForQuery that answers the Sync.
+    BeforeReady(u64),
 }
 
 impl Relay<'_> {
@@ -797,7 +917,21 @@ impl Relay<'_> {
                 self.flush_client().await;
                 return Ok(());
             }
+            let now = Instant::now();
+            if self.reads_paused_until.is_some_and(|t| t <= now) {
+                // The byte debt of the last read must be paid before the next one.
+                self.reads_paused_until = self
+                    .bytes_rate
+                    .as_mut()
+                    .and_then(ByteBudget::settle)
+                    .map(|wait| now + wait);
+            }
+            let read_cap = self
+                .bytes_rate
+                .as_ref()
+                .map_or(usize::MAX, ByteBudget::read_cap);
             let read_client = !self.terminating
+                && self.reads_paused_until.is_none()
                 && self.to_backend.len < OUT_CAP
                 && self.client_in.len() < READ_CHUNK * 4;
             let read_backend =
@@ -808,12 +942,48 @@ impl Relay<'_> {
             if read_backend {
                 self.backend_in.reserve(READ_CHUNK);
             }
+            let wake = [self.commands_paused_until, self.reads_paused_until]
+                .into_iter()
+                .flatten()
+                .min();
+            let idle_at = self
+                .ctx
+                .listener
+                .limits
+                .idle_timeout
+                .map(|d| self.last_activity + d);
             tokio::select! {
-                r = self.crd.read_buf(&mut self.client_in), if read_client => {
+                r = crate::stream::read_capped(&mut self.crd, &mut self.client_in, read_cap), if read_client => {
                     match r.map_err(SessionError::ClientIo)? {
                         0 => return Ok(()),
-                        n => self.ctx.metrics.bytes_in.inc_by(n as u64),
+                        n => {
+                            self.ctx.metrics.bytes_in.inc_by(n as u64);
+                            self.last_activity = Instant::now();
+                            if let Some(budget) = &mut self.bytes_rate {
+                                if let Some(wait) = budget.charge(n) {
+                                    self.reads_paused_until = Some(Instant::now() + wait);
+                                }
+                            }
+                        }
                     }
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
+                    if self.commands_paused_until.is_some_and(|t| t <= Instant::now()) {
+                        self.commands_paused_until = None;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_at.unwrap_or(now)), if idle_at.is_some() => {
+                    if self.ready_seen >= self.ready_owed && idle_at.is_some_and(|t| t <= Instant::now()) {
+                        self.ctx.metrics.refused("idle_timeout");
+                        if self.backend_framer.at_boundary() {
+                            let msg = messages::error_response(Severity::Fatal, sqlstate::IDLE_SESSION_TIMEOUT,
+                                "terminating connection due to idle-session timeout");
+                            self.to_client.push(msg);
+                            self.flush_client().await;
+                        }
+                        return Err(SessionError::Limit("idle_timeout"));
+                    }
+                    self.last_activity = Instant::now();
                 }
                 r = self.brd.read_buf(&mut self.backend_in), if read_backend => {
                     if r.map_err(|e| SessionError::Backend(BackendError::Io(e)))? == 0 {
@@ -843,41 +1013,129 @@ impl Relay<'_> {
         }
     }
 
-    /// Moves whole buffered runs of client messages to the backend queue.
+    /// Moves whole buffered runs of client messages to the backend queue,
+    /// applying the command rates to Query and Execute messages.
     fn pump_client(&mut self) -> Result<(), FrameError> {
-        while !self.terminating && self.to_backend.len < OUT_CAP {
+        while !self.terminating
+            && self.to_backend.len < OUT_CAP
+            && self.commands_paused_until.is_none()
+        {
+            let mut refuse = false;
+            // Checked once per message, when its header is in (so no token is spent twice).
+            if self.client_framer.at_boundary() && self.client_in.len() >= 5 && !self.skipping {
+                let tag = self.client_in[0];
+                if matches!(tag, b'Q' | b'E') {
+                    match self.admission.command(self.ctx.listener.limits.action) {
+                        Ok(()) => {}
+                        Err((wait, Action::Delay)) => {
+                            // Hold it: nothing lost, order kept, and the client is not read meanwhile.
+                            self.commands_paused_until = Some(Instant::now() + wait);
+                            break;
+                        }
+                        Err((_, Action::Reject)) => refuse = true,
+                    }
+                }
+            }
             let Some(frame) = self.client_framer.advance(&self.client_in, self.max)? else {
                 break;
             };
-            let take = match frame {
+            let (take, forward) = match frame {
                 Frame::Start { tag, take } => {
-                    match tag {
-                        // Simple and extended-protocol queries.
-                        b'Q' | b'E' => self.ctx.metrics.allowed.inc(),
-                        b'X' => self.terminating = true,
-                        _ => {}
+                    if refuse {
+                        self.refuse_command(tag);
+                    } else {
+                        match tag {
+                            // Simple and extended-protocol queries.
+                            b'Q' | b'E' => self.ctx.metrics.allowed.inc(),
+                            b'X' => self.terminating = true,
+                            _ => {}
+                        }
                     }
-                    take
+                    self.dropping = refuse || self.skipping;
+                    if self.skipping && tag == b'S' {
+                        self.skipping = false;
+                        self.dropping = false;
+                        // The backend answers this Sync; the refused Execute's error goes just before.
+                        self.owed.push_back(Owed::BeforeReady(self.ready_owed));
+                    }
+                    if !self.dropping && matches!(tag, b'Q' | b'S' | b'F') {
+                        self.ready_owed += 1;
+                    }
+                    (take, !self.dropping)
                 }
-                Frame::Continue { take } => take,
+                Frame::Continue { take } => (take, !self.dropping),
             };
             let chunk = self.client_in.split_to(take).freeze();
-            self.to_backend.push(chunk);
+            if forward {
+                self.to_backend.push(chunk);
+            }
         }
         Ok(())
     }
 
-    /// Moves backend messages to the client queue, checking every header.
+    /// A Query or Execute over its rate in reject mode: it is dropped, and the
+    /// client gets ERROR 53400 where PostgreSQL would have put an error.
+    fn refuse_command(&mut self, tag: u8) {
+        self.ctx.metrics.denied.inc();
+        self.ctx.metrics.refused("rate_limited");
+        if self
+            .ctx
+            .guards
+            .log_refusal(self.admission.ip, "rate_limited")
+        {
+            info!(event = "command_refused", listener = %self.ctx.listener.name, peer = %self.admission.ip, reason = "rate_limited");
+        }
+        if tag == b'Q' {
+            self.owed.push_back(Owed::AfterReady(self.ready_owed));
+            self.release_owed();
+        } else {
+            // Execute: PostgreSQL discards messages up to the next Sync after an error.
+            self.skipping = true;
+        }
+    }
+
+    /// Writes owed errors whose turn has come.
+    fn release_owed(&mut self) {
+        while let Some(Owed::AfterReady(mark)) = self.owed.front() {
+            if self.ready_seen < *mark {
+                break;
+            }
+            self.owed.pop_front();
+            self.to_client.push(rate_limited_error());
+            let mut z = BytesMut::with_capacity(6);
+            z.extend_from_slice(&[b'Z', 0, 0, 0, 5, self.status]);
+            self.to_client.push(z.freeze());
+        }
+    }
+
+    /// Moves backend messages to the client queue, checking every header and
+    /// counting ReadyForQuery so that the proxy's own errors land in order.
     fn pump_backend(&mut self) -> Result<(), FrameError> {
         while self.to_client.len < OUT_CAP {
             let Some(frame) = self.backend_framer.advance(&self.backend_in, self.max)? else {
                 break;
             };
-            let take = match frame {
-                Frame::Start { take, .. } | Frame::Continue { take } => take,
+            let (take, ready) = match frame {
+                Frame::Start { tag, take } => (take, tag == b'Z'),
+                Frame::Continue { take } => (take, false),
             };
+            if ready {
+                if let Some(Owed::BeforeReady(mark)) = self.owed.front() {
+                    if *mark == self.ready_seen {
+                        self.owed.pop_front();
+                        self.to_client.push(rate_limited_error());
+                    }
+                }
+                if take >= 6 {
+                    self.status = self.backend_in[5];
+                }
+            }
             let chunk = self.backend_in.split_to(take).freeze();
             self.to_client.push(chunk);
+            if ready {
+                self.ready_seen += 1;
+                self.release_owed();
+            }
         }
         Ok(())
     }

@@ -25,7 +25,11 @@ use super::reply::{FrameInfo, ReplyScanner, Scan};
 use super::request::{decode, Decoded, ProtocolError, Request, RequestLimits, Tail};
 use crate::auth::{AuthFailure, Credential, Identity};
 use crate::error::{BackendError, SessionError};
-use crate::logging::{escape, RefusalLog};
+use crate::guards::{Admission, ByteBudget};
+use crate::limits::backoff::AuthVerdict;
+use crate::limits::rate::Rate;
+use crate::limits::Action;
+use crate::logging::escape;
 use crate::outbox::Outbox;
 use crate::server::Context;
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
@@ -46,13 +50,15 @@ const OUT_CAP: usize = 256 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Most password checks one connection may make before it is closed.
-const MAX_AUTH_ATTEMPTS: u32 = 10;
+/// The reply to a command over its rate in `reject` mode.
+const RATE_LIMITED: &[u8] = b"-ERR rate limit exceeded\r\n";
+/// The reply when a cap on connections or sessions refuses the client.
+const MAX_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
 
 /// Serves one accepted connection to the end, logging how it ended.
-pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) {
+pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr, admission: Admission) {
     let result = tokio::select! {
-        r = run(ctx, tcp, peer) => r,
+        r = run(ctx, tcp, peer, admission) => r,
         _ = ctx.close.cancelled() => Err(SessionError::Shutdown),
     };
     match result {
@@ -66,7 +72,12 @@ pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) {
     }
 }
 
-async fn run(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) -> Result<(), SessionError> {
+async fn run(
+    ctx: &Arc<Context>,
+    tcp: ClientTcp,
+    peer: SocketAddr,
+    mut admission: Admission,
+) -> Result<(), SessionError> {
     let deadline = Instant::now() + ctx.limits.login_timeout;
     let (stream, cert_names) = match tokio::time::timeout_at(deadline, handshake(ctx, tcp)).await {
         Ok(r) => r?,
@@ -103,6 +114,16 @@ async fn run(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) -> Result<(),
     let LoginOutcome::Login(identity, login, reply_ok) = outcome else {
         return Ok(());
     };
+    if let Err(refusal) = admission.authenticated(&ctx.guards, &identity) {
+        let reason = refusal.label();
+        ctx.metrics.refused(reason);
+        if ctx.guards.log_refusal(peer.ip(), reason) {
+            info!(event = "login_refused", listener = %ctx.listener.name, %peer, user = %escape(identity.name().as_bytes()), reason);
+        }
+        let _ = client.wr.write_all(MAX_CLIENTS).await;
+        let _ = client.wr.shutdown().await;
+        return Err(SessionError::Limit(reason));
+    }
 
     let backend = &ctx.listener.backend;
     let cred = identity.backend_credential(&backend.credential).clone();
@@ -147,7 +168,16 @@ async fn run(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr) -> Result<(),
         subs: Subscriptions::default(),
         closing: false,
         auth_attempts: 0,
-        refusals: RefusalLog::default(),
+        bytes_rate: ctx
+            .listener
+            .limits
+            .bytes_per_connection
+            .map(|r| ByteBudget::new(Rate::new(r))),
+        admission,
+        stashed: None,
+        commands_paused_until: None,
+        reads_paused_until: None,
+        last_activity: Instant::now(),
     };
     relay.run().await
 }
@@ -216,7 +246,6 @@ async fn login_phase(
     deadline: Instant,
 ) -> Result<LoginOutcome, SessionError> {
     let mut attempts = 0u32;
-    let mut refusals = RefusalLog::default();
     let limits = RequestLimits::UNAUTHENTICATED;
     loop {
         loop {
@@ -237,7 +266,7 @@ async fn login_phase(
                 PreAuth::Reply(r) => {
                     if r == replies::NOAUTH || r == replies::NOAUTH_HELLO {
                         ctx.metrics.refused("noauth");
-                        if refusals.allow() {
+                        if ctx.guards.log_refusal(peer.ip(), "noauth") {
                             info!(event = "command_refused", listener = %ctx.listener.name, %peer,
                                 command = %escape(req.arg(0).unwrap_or(b"")), reason = "noauth");
                         }
@@ -269,9 +298,10 @@ async fn login_phase(
                 } => (user, password, login),
             };
             attempts += 1;
-            let result = tokio::time::timeout_at(deadline, verify(ctx, &user, &password))
-                .await
-                .map_err(|_| SessionError::LoginTimeout)?;
+            let result =
+                tokio::time::timeout_at(deadline, check_password(ctx, peer, &user, &password))
+                    .await
+                    .map_err(|_| SessionError::LoginTimeout)?;
             ctx.audit_login(peer, &user, result.as_ref().map_err(|f| *f));
             match result {
                 Ok(id) => return Ok(LoginOutcome::Login(id, login, true)),
@@ -282,7 +312,7 @@ async fn login_phase(
                         .write_all(replies::WRONGPASS)
                         .await
                         .map_err(SessionError::ClientIo)?;
-                    if attempts >= MAX_AUTH_ATTEMPTS {
+                    if attempts >= ctx.limits.max_auth_attempts {
                         ctx.metrics.refused("too_many_auth_attempts");
                         let _ = client.wr.shutdown().await;
                         return Err(SessionError::ClientProtocol(
@@ -436,6 +466,31 @@ fn parse_hello(req: &Request) -> Result<Hello, Vec<u8>> {
         }
     }
     Ok(h)
+}
+
+/// Checks a password through the login backoff: a banned IP or IP + user gets
+/// the ordinary failure without the password being checked (no oracle), a
+/// backed-off one waits first; the outcome feeds the backoff table.
+async fn check_password(
+    ctx: &Arc<Context>,
+    peer: SocketAddr,
+    user: &[u8],
+    password: &[u8],
+) -> Result<Identity, AuthFailure> {
+    match ctx.guards.login_verdict(peer.ip(), user) {
+        AuthVerdict::Allow => {}
+        AuthVerdict::Delay(d) => {
+            ctx.metrics.refused("login_backoff");
+            tokio::time::sleep(d).await;
+        }
+        AuthVerdict::Banned { .. } => {
+            ctx.metrics.refused("login_banned");
+            return Err(AuthFailure::Banned);
+        }
+    }
+    let result = verify(ctx, user, password).await;
+    ctx.guards.record_login(peer.ip(), user, result.is_ok());
+    result
 }
 
 /// Checks a password off the reactor, under the process-wide cap on concurrent checks.
@@ -613,7 +668,18 @@ struct Relay<'a> {
     /// No more client input is read (QUIT, protocol error).
     closing: bool,
     auth_attempts: u32,
-    refusals: RefusalLog,
+    /// Bytes per second read from this client.
+    bytes_rate: Option<ByteBudget>,
+    /// Permits, and the per-IP and per-user command rates.
+    admission: Admission,
+    /// A request held back until its rate allows it (`delay` mode).
+    stashed: Option<Request>,
+    /// No request is dispatched before this (`delay` mode).
+    commands_paused_until: Option<Instant>,
+    /// The client is not read before this (byte rate).
+    reads_paused_until: Option<Instant>,
+    /// Last byte from the client (idle timeout).
+    last_activity: Instant,
 }
 
 impl Relay<'_> {
@@ -641,7 +707,22 @@ impl Relay<'_> {
                 let _ = self.client.wr.shutdown().await;
                 return Ok(());
             }
+            let now = Instant::now();
+            if self.reads_paused_until.is_some_and(|t| t <= now) {
+                // The byte debt of the last read must be paid before the next one.
+                self.reads_paused_until = self
+                    .bytes_rate
+                    .as_mut()
+                    .and_then(ByteBudget::settle)
+                    .map(|wait| now + wait);
+            }
+            let read_cap = self
+                .bytes_rate
+                .as_ref()
+                .map_or(usize::MAX, ByteBudget::read_cap);
             let read_client = !self.closing
+                && self.reads_paused_until.is_none()
+                && self.stashed.is_none()
                 && self.client.buf.len() < CLIENT_IN_CAP
                 && self.slots.len() < self.ctx.limits.max_pipeline
                 && self.to_backend.len < OUT_CAP
@@ -654,12 +735,48 @@ impl Relay<'_> {
             if read_backend {
                 self.backend_in.reserve(READ_CHUNK);
             }
+            let wake = [self.commands_paused_until, self.reads_paused_until]
+                .into_iter()
+                .flatten()
+                .min();
+            let idle_at = self
+                .ctx
+                .listener
+                .limits
+                .idle_timeout
+                .map(|d| self.last_activity + d);
             tokio::select! {
-                r = self.client.rd.read_buf(&mut self.client.buf), if read_client => {
+                r = crate::stream::read_capped(&mut self.client.rd, &mut self.client.buf, read_cap), if read_client => {
                     match r.map_err(SessionError::ClientIo)? {
                         0 => return Ok(()),
-                        n => self.ctx.metrics.bytes_in.inc_by(n as u64),
+                        n => {
+                            self.ctx.metrics.bytes_in.inc_by(n as u64);
+                            self.last_activity = Instant::now();
+                            if let Some(budget) = &mut self.bytes_rate {
+                                if let Some(wait) = budget.charge(n) {
+                                    // Over the byte rate: what was read is served, the next read waits.
+                                    self.reads_paused_until = Some(Instant::now() + wait);
+                                }
+                            }
+                        }
                     }
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
+                    if self.commands_paused_until.is_some_and(|t| t <= Instant::now()) {
+                        self.commands_paused_until = None;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_at.unwrap_or(now)), if idle_at.is_some() => {
+                    if idle_at.is_some_and(|t| t <= Instant::now()) && self.slots.is_empty() {
+                        self.ctx.metrics.refused("idle_timeout");
+                        if self.ctx.guards.log_refusal(self.peer.ip(), "idle_timeout") {
+                            info!(event = "session_closed", listener = %self.ctx.listener.name, peer = %self.peer, reason = "idle_timeout");
+                        }
+                        let _ = self.client.wr.shutdown().await;
+                        return Err(SessionError::Limit("idle_timeout"));
+                    }
+                    // Replies are still owed: not idle. Look again a full period from now.
+                    self.last_activity = Instant::now();
                 }
                 r = self.brd.read_buf(&mut self.backend_in), if read_backend => {
                     if r.map_err(|e| SessionError::Backend(BackendError::Io(e)))? == 0 {
@@ -736,6 +853,7 @@ impl Relay<'_> {
     async fn process_client(&mut self) -> Result<(), SessionError> {
         let limits = RequestLimits::AUTHENTICATED;
         while !self.closing
+            && self.commands_paused_until.is_none()
             && self.slots.len() < self.ctx.limits.max_pipeline
             && self.to_backend.len < OUT_CAP
             && self.to_client.len < OUT_CAP
@@ -758,6 +876,10 @@ impl Relay<'_> {
                 self.req_tail = None;
                 continue;
             }
+            if let Some(req) = self.stashed.take() {
+                self.rate_checked(req).await?;
+                continue;
+            }
             let decoded = match decode(&mut self.client.buf, &limits) {
                 Ok(Some(d)) => d,
                 Ok(None) => {
@@ -778,10 +900,32 @@ impl Relay<'_> {
                 }
             };
             if let Decoded::Request(req) = decoded {
-                self.handle(req).await?;
+                self.rate_checked(req).await?;
             }
         }
         Ok(())
+    }
+
+    /// Applies the command rates (per IP, per user) before handling a request:
+    /// `delay` holds it and stops reading the client until a token is due
+    /// (nothing lost, order kept); `reject` answers it in order with an error.
+    async fn rate_checked(&mut self, mut req: Request) -> Result<(), SessionError> {
+        match self.admission.command(self.ctx.listener.limits.action) {
+            Ok(()) => self.handle(req).await,
+            Err((wait, Action::Delay)) => {
+                self.stashed = Some(req);
+                self.commands_paused_until = Some(Instant::now() + wait);
+                Ok(())
+            }
+            Err((_, Action::Reject)) => {
+                let name = req.arg(0).unwrap_or(b"").to_vec();
+                if let Some(tail) = req.tail.take() {
+                    self.req_tail = Some((tail, false));
+                }
+                self.deny(&name, "rate_limited", Bytes::from_static(RATE_LIMITED));
+                Ok(())
+            }
+        }
     }
 
     /// One authenticated request: answer it here, or forward it with a slot for its reply.
@@ -922,7 +1066,7 @@ impl Relay<'_> {
     fn deny(&mut self, name: &[u8], reason: &'static str, reply: Bytes) {
         self.ctx.metrics.denied.inc();
         self.ctx.metrics.refused(reason);
-        if self.refusals.allow() {
+        if self.ctx.guards.log_refusal(self.peer.ip(), reason) {
             info!(event = "command_refused", listener = %self.ctx.listener.name, peer = %self.peer,
                 user = %escape(self.identity.name().as_bytes()), command = %escape(name), reason);
         }
@@ -942,7 +1086,7 @@ impl Relay<'_> {
     /// if the new user maps to another backend user. Returns false on failure
     /// (the WRONGPASS reply is already owed).
     async fn switch_user(&mut self, user: &[u8], password: &[u8]) -> Result<bool, SessionError> {
-        let result = verify(self.ctx, user, password).await;
+        let result = check_password(self.ctx, self.peer, user, password).await;
         self.ctx
             .audit_login(self.peer, user, result.as_ref().map_err(|f| *f));
         let id = match result {
@@ -952,12 +1096,20 @@ impl Relay<'_> {
                 self.ctx.metrics.refused("wrongpass");
                 self.push_local(Bytes::from_static(replies::WRONGPASS));
                 self.auth_attempts += 1;
-                if self.auth_attempts >= MAX_AUTH_ATTEMPTS {
+                if self.auth_attempts >= self.ctx.limits.max_auth_attempts {
                     self.close_after_pending();
                 }
                 return Ok(false);
             }
         };
+        if id.name() != self.identity.name() {
+            if let Err(refusal) = self.admission.authenticated(&self.ctx.guards, &id) {
+                // The new user has no session slot left: stay logged in as before.
+                self.ctx.metrics.refused(refusal.label());
+                self.push_local(Bytes::from_static(MAX_CLIENTS));
+                return Ok(false);
+            }
+        }
         let cred = id
             .backend_credential(&self.ctx.listener.backend.credential)
             .clone();

@@ -20,6 +20,10 @@ use crate::auth::{Credential, User, Users};
 use crate::redis::policy::{CommandPolicy, DEFAULT_RULES};
 use crate::tls::{self, ClientCertMode};
 
+mod abuse;
+pub use abuse::{ListenerLimits, UserLimits};
+use abuse::{RawListenerLimits, RawProxyProtocol, RawUserLimits};
+
 /// A configuration error; `Display` names the offending key.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -151,6 +155,39 @@ struct RawLimits {
     max_concurrent_auth: Option<usize>,
     #[serde(default = "default_max_pipeline")]
     max_pipeline: usize,
+    // Abuse controls (see `abuse.rs`); per-IP and per-connection ones may be overridden per listener.
+    #[serde(default)]
+    max_connections_per_ip: Option<u32>,
+    #[serde(default)]
+    new_connections_per_second_per_ip: Option<u32>,
+    #[serde(default = "default_max_unauthenticated")]
+    max_unauthenticated: u32,
+    #[serde(default = "default_max_unauthenticated_per_ip")]
+    max_unauthenticated_per_ip: u32,
+    #[serde(default = "default_max_auth_attempts")]
+    max_auth_attempts: u32,
+    #[serde(default)]
+    commands_per_second_per_ip: Option<u32>,
+    #[serde(default)]
+    commands_per_second_per_user: Option<u32>,
+    #[serde(default)]
+    bytes_per_second_per_connection: Option<u32>,
+    #[serde(default)]
+    rate_limit_action: crate::limits::Action,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    #[serde(default)]
+    login_backoff: abuse::RawBackoff,
+}
+
+fn default_max_unauthenticated() -> u32 {
+    1024
+}
+fn default_max_unauthenticated_per_ip() -> u32 {
+    32
+}
+fn default_max_auth_attempts() -> u32 {
+    5
 }
 
 impl Default for RawLimits {
@@ -161,6 +198,17 @@ impl Default for RawLimits {
             max_connections: default_max_connections(),
             max_concurrent_auth: None,
             max_pipeline: default_max_pipeline(),
+            max_connections_per_ip: None,
+            new_connections_per_second_per_ip: None,
+            max_unauthenticated: default_max_unauthenticated(),
+            max_unauthenticated_per_ip: default_max_unauthenticated_per_ip(),
+            max_auth_attempts: default_max_auth_attempts(),
+            commands_per_second_per_ip: None,
+            commands_per_second_per_user: None,
+            bytes_per_second_per_connection: None,
+            rate_limit_action: crate::limits::Action::default(),
+            idle_timeout: None,
+            login_backoff: abuse::RawBackoff::default(),
         }
     }
 }
@@ -189,6 +237,10 @@ struct RawListener {
     tls: RawServerTls,
     #[serde(default)]
     postgres: RawPgListener,
+    #[serde(default)]
+    limits: RawListenerLimits,
+    #[serde(default)]
+    proxy_protocol: Option<RawProxyProtocol>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,6 +349,8 @@ struct RawUser {
     redis: RawRedisPolicy,
     #[serde(default)]
     postgres: RawPgPolicy,
+    #[serde(default)]
+    limits: RawUserLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +401,14 @@ pub struct Limits {
     pub max_concurrent_auth: usize,
     /// Most replies a session may owe its client at once; past it the proxy stops reading.
     pub max_pipeline: usize,
+    /// Unauthenticated connections allowed at once, in total.
+    pub max_unauthenticated: u32,
+    /// Unauthenticated connections allowed at once from one IP.
+    pub max_unauthenticated_per_ip: u32,
+    /// Password checks one connection may make before it is closed.
+    pub max_auth_attempts: u32,
+    /// Failed-login backoff and bans; `None` when disabled.
+    pub login_backoff: Option<crate::limits::backoff::BackoffPolicy>,
 }
 
 /// TLS on a client-facing listener.
@@ -386,6 +448,8 @@ pub struct Listener {
     pub backend: Arc<Backend>,
     /// PostgreSQL options.
     pub postgres: PgListener,
+    /// Abuse controls (global values with this listener's overrides).
+    pub limits: ListenerLimits,
 }
 
 /// PostgreSQL listener options.
@@ -468,7 +532,12 @@ impl Config {
                 None => std::thread::available_parallelism().map_or(2, |n| n.get()),
             },
             max_pipeline: at_least_one(raw.limits.max_pipeline, "limits.max_pipeline")?,
+            max_unauthenticated: raw.limits.max_unauthenticated,
+            max_unauthenticated_per_ip: raw.limits.max_unauthenticated_per_ip,
+            max_auth_attempts: raw.limits.max_auth_attempts.max(1),
+            login_backoff: raw.limits.login_backoff.validate()?,
         };
+        let global_abuse = abuse::GlobalAbuse::from_raw(&raw.limits)?;
 
         let mut backends: HashMap<String, Arc<Backend>> = HashMap::new();
         let mut backend_list = Vec::new();
@@ -532,6 +601,7 @@ impl Config {
                     &format!("{key}.postgres.max_message_size"),
                 )?,
             };
+            let limits = global_abuse.listener(&l.limits, l.proxy_protocol.as_ref(), &key)?;
             listeners.push(Arc::new(Listener {
                 name: l.name,
                 protocol: l.protocol,
@@ -539,6 +609,7 @@ impl Config {
                 tls,
                 backend,
                 postgres,
+                limits,
             }));
         }
         if listeners.is_empty() {
@@ -560,7 +631,8 @@ impl Config {
                     ));
                 }
             }
-            users.push(ctx.user(u, &key)?);
+            let limits = global_abuse.user(&u.limits, &key)?;
+            users.push(ctx.user(u, limits, &key)?);
         }
 
         // Mock verifiers for unknown names need a key that is secret and the same on
@@ -842,7 +914,7 @@ impl Ctx<'_> {
         }))
     }
 
-    fn user(&mut self, u: RawUser, key: &str) -> Result<User, ConfigError> {
+    fn user(&mut self, u: RawUser, limits: UserLimits, key: &str) -> Result<User, ConfigError> {
         let pkey = format!("{key}.password");
         let verifier = match self.secret(
             u.password.as_deref(),
@@ -906,6 +978,7 @@ impl Ctx<'_> {
             redis_policy: Arc::new(redis_policy),
             pg_databases: u.postgres.databases,
             pg_allow_replication: u.postgres.allow_replication,
+            limits,
         })
     }
 }

@@ -1,0 +1,314 @@
+//! Runtime state of the abuse controls, built from the config at start:
+//! keyed rate limiters and connection caps per listener, per user and for the
+//! whole process, the login backoff table and the log sampler. Sessions hold
+//! [`Admission`] permits; everything is released when they drop.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::Identity;
+use crate::config::{Config, Listener, UserLimits};
+use crate::limits::backoff::{AuthGuard, AuthVerdict};
+use crate::limits::conns::{CapExceeded, ConnPermit, ConnectionCaps};
+use crate::limits::rate::{KeyedRate, Rate};
+use crate::limits::sample::LogSampler;
+use crate::limits::Action;
+use crate::proxy_protocol::TrustedProxies;
+
+/// How often keyed limiters and tables are swept, so memory follows live keys.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Process-wide guards.
+pub struct Guards {
+    /// Failed-login backoff and bans, per IP and per IP + user.
+    pub auth: Option<AuthGuard>,
+    /// Unauthenticated connections, in total and per IP.
+    pub unauthenticated: Arc<ConnectionCaps<IpAddr>>,
+    /// One log line per second per client and reason.
+    pub sampler: LogSampler,
+    users: HashMap<String, Arc<UserGuard>>,
+    listeners: HashMap<String, Arc<ListenerGuard>>,
+}
+
+impl std::fmt::Debug for Guards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guards").finish_non_exhaustive()
+    }
+}
+
+/// Per-user state: open sessions and the command bucket shared by them.
+pub struct UserGuard {
+    /// Sessions open as this user.
+    pub sessions: Arc<ConnectionCaps<()>>,
+    /// Commands per second across the user's sessions.
+    pub commands: Option<Rate>,
+    /// What a command over the rate gets.
+    pub action: Action,
+}
+
+/// Per-listener state.
+pub struct ListenerGuard {
+    /// New connections per second per IP.
+    pub new_connections: Option<KeyedRate<IpAddr>>,
+    /// Connections open per IP.
+    pub connections: Arc<ConnectionCaps<IpAddr>>,
+    /// Commands per second per IP.
+    pub commands: Option<KeyedRate<IpAddr>>,
+    /// Peers whose PROXY headers are trusted (and required).
+    pub trusted: Option<TrustedProxies>,
+}
+
+impl Guards {
+    /// Builds every guard the config asks for.
+    pub fn new(config: &Config) -> Guards {
+        let l = &config.limits;
+        let users = config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), Arc::new(UserGuard::new(&u.limits))))
+            .collect();
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|li| (li.name.clone(), Arc::new(ListenerGuard::new(li))))
+            .collect();
+        Guards {
+            auth: l.login_backoff.clone().map(AuthGuard::new),
+            unauthenticated: Arc::new(ConnectionCaps::new(
+                Some(l.max_unauthenticated),
+                Some(l.max_unauthenticated_per_ip),
+            )),
+            sampler: LogSampler::new(Duration::from_secs(1)),
+            users,
+            listeners,
+        }
+    }
+
+    /// The guard of a listener (every configured listener has one).
+    pub fn listener(&self, name: &str) -> Option<Arc<ListenerGuard>> {
+        self.listeners.get(name).cloned()
+    }
+
+    /// The guard of a configured user.
+    pub fn user(&self, name: &str) -> Option<&Arc<UserGuard>> {
+        self.users.get(name)
+    }
+
+    /// The login verdict for `user` from `ip` before its password is checked.
+    pub fn login_verdict(&self, ip: IpAddr, user: &[u8]) -> AuthVerdict {
+        match &self.auth {
+            Some(a) => a.check(ip, &String::from_utf8_lossy(user), Instant::now()),
+            None => AuthVerdict::Allow,
+        }
+    }
+
+    /// Records a login outcome for the backoff table.
+    pub fn record_login(&self, ip: IpAddr, user: &[u8], ok: bool) {
+        if let Some(a) = &self.auth {
+            let user = String::from_utf8_lossy(user);
+            if ok {
+                a.record_success(ip, &user, Instant::now());
+            } else {
+                a.record_failure(ip, &user, Instant::now());
+            }
+        }
+    }
+
+    /// Whether to write a log line for this refusal now (sampled per client and reason).
+    pub fn log_refusal(&self, ip: IpAddr, reason: &'static str) -> bool {
+        self.sampler.allow(ip, reason, Instant::now()).is_some()
+    }
+
+    /// Sweeps expired state; the server calls this every [`MAINTENANCE_INTERVAL`].
+    pub fn maintain(&self) {
+        let now = Instant::now();
+        if let Some(a) = &self.auth {
+            a.cleanup(now);
+        }
+        self.sampler.cleanup(now);
+        for l in self.listeners.values() {
+            if let Some(r) = &l.new_connections {
+                r.maintain();
+            }
+            if let Some(r) = &l.commands {
+                r.maintain();
+            }
+        }
+    }
+}
+
+impl UserGuard {
+    fn new(limits: &UserLimits) -> UserGuard {
+        UserGuard {
+            sessions: Arc::new(ConnectionCaps::new(limits.max_connections, None)),
+            commands: limits.commands_per_second.map(Rate::new),
+            action: limits.action,
+        }
+    }
+}
+
+impl ListenerGuard {
+    fn new(l: &Listener) -> ListenerGuard {
+        let lim = &l.limits;
+        ListenerGuard {
+            new_connections: lim.new_connections_per_ip.map(KeyedRate::new),
+            connections: Arc::new(ConnectionCaps::new(None, lim.max_connections_per_ip)),
+            commands: lim.commands_per_ip.map(KeyedRate::new),
+            trusted: lim.proxy_protocol.clone().map(TrustedProxies::new),
+        }
+    }
+}
+
+/// Why a connection or session was refused by a cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapRefusal {
+    /// Too many new connections per second from this IP.
+    ConnectionRate,
+    /// Too many open connections from this IP.
+    ConnectionsPerIp,
+    /// Too many unauthenticated connections in total.
+    Unauthenticated,
+    /// Too many unauthenticated connections from this IP.
+    UnauthenticatedPerIp,
+    /// Too many sessions for this user.
+    SessionsPerUser,
+}
+
+impl CapRefusal {
+    /// Bounded label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            CapRefusal::ConnectionRate => "connection_rate",
+            CapRefusal::ConnectionsPerIp => "max_connections_per_ip",
+            CapRefusal::Unauthenticated => "max_unauthenticated",
+            CapRefusal::UnauthenticatedPerIp => "max_unauthenticated_per_ip",
+            CapRefusal::SessionsPerUser => "max_connections_per_user",
+        }
+    }
+}
+
+/// The permits a session holds. Dropping it releases them.
+pub struct Admission {
+    /// The client's real address (after any PROXY header).
+    pub ip: IpAddr,
+    _per_ip: ConnPermit<IpAddr>,
+    unauthenticated: Option<ConnPermit<IpAddr>>,
+    user: Option<ConnPermit<()>>,
+    user_guard: Option<Arc<UserGuard>>,
+    listener: Arc<ListenerGuard>,
+}
+
+impl Admission {
+    /// Admits a new connection from `ip` on `listener`, or says which cap refused it.
+    pub fn admit(
+        guards: &Guards,
+        listener: Arc<ListenerGuard>,
+        ip: IpAddr,
+    ) -> Result<Admission, CapRefusal> {
+        if let Some(r) = &listener.new_connections {
+            if r.check(&ip).is_err() {
+                return Err(CapRefusal::ConnectionRate);
+            }
+        }
+        let per_ip = listener
+            .connections
+            .try_acquire(ip)
+            .map_err(|_| CapRefusal::ConnectionsPerIp)?;
+        let unauth = guards
+            .unauthenticated
+            .try_acquire(ip)
+            .map_err(|e| match e {
+                CapExceeded::Total => CapRefusal::Unauthenticated,
+                CapExceeded::PerKey => CapRefusal::UnauthenticatedPerIp,
+            })?;
+        Ok(Admission {
+            ip,
+            _per_ip: per_ip,
+            unauthenticated: Some(unauth),
+            user: None,
+            user_guard: None,
+            listener,
+        })
+    }
+
+    /// The client authenticated: it leaves the unauthenticated pool and takes a
+    /// session slot of its user (or of the user it switched to).
+    pub fn authenticated(&mut self, guards: &Guards, who: &Identity) -> Result<(), CapRefusal> {
+        let guard = guards.user(who.name()).cloned();
+        let permit = match &guard {
+            Some(g) => Some(
+                g.sessions
+                    .try_acquire(())
+                    .map_err(|_| CapRefusal::SessionsPerUser)?,
+            ),
+            None => None,
+        };
+        self.unauthenticated = None;
+        self.user = permit;
+        self.user_guard = guard;
+        Ok(())
+    }
+
+    /// Checks the command rates (per IP, then per user). `Err` carries how long
+    /// to wait for a token and what the configured action is.
+    pub fn command(&self, listener_action: Action) -> Result<(), (Duration, Action)> {
+        if let Some(r) = &self.listener.commands {
+            if let Err(wait) = r.check(&self.ip) {
+                return Err((wait, listener_action));
+            }
+        }
+        if let Some(g) = &self.user_guard {
+            if let Some(r) = &g.commands {
+                if let Err(wait) = r.check() {
+                    return Err((wait, g.action));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A per-connection byte budget over a [`Rate`]: reads are capped at the
+/// bucket's burst, and a read the bucket cannot pay for yet becomes a debt
+/// that must be paid before the next read. So a client gets its configured
+/// bytes per second, however large its writes.
+pub struct ByteBudget {
+    rate: Rate,
+    debt: u32,
+}
+
+impl ByteBudget {
+    /// A full budget.
+    pub fn new(rate: Rate) -> ByteBudget {
+        ByteBudget { rate, debt: 0 }
+    }
+
+    /// Most bytes to read at once.
+    pub fn read_cap(&self) -> usize {
+        self.rate.spec().burst.get() as usize
+    }
+
+    /// Charges a read of `n` bytes; `Some(wait)` when reading must pause.
+    pub fn charge(&mut self, n: usize) -> Option<Duration> {
+        self.debt = self
+            .debt
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        self.settle()
+    }
+
+    /// Tries to pay what is owed; `Some(wait)` while it cannot.
+    pub fn settle(&mut self) -> Option<Duration> {
+        if self.debt == 0 {
+            return None;
+        }
+        match self.rate.check_n(self.debt) {
+            Ok(()) => {
+                self.debt = 0;
+                None
+            }
+            Err(wait) => Some(wait.max(Duration::from_millis(1))),
+        }
+    }
+}
