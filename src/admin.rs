@@ -1,4 +1,4 @@
-//! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! The admin HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and `POST /reload`.
 //!
 //! It binds to 127.0.0.1 by default and serves HTTP/1.1 with hyper; requests
 //! have no body and replies are small.
@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Backend;
 use crate::metrics::Metrics;
+use crate::server::Reloader;
 
 /// How long `/readyz` waits for each backend's TCP connect.
 const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -26,8 +26,8 @@ const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct AdminState {
     /// The metrics registry.
     pub metrics: Metrics,
-    /// Backends checked by `/readyz`.
-    pub backends: Vec<Arc<Backend>>,
+    /// Config reloads (`POST /reload`) and the backends `/readyz` checks.
+    pub reloader: Arc<Reloader>,
 }
 
 /// Serves until `stop` is cancelled.
@@ -79,7 +79,7 @@ async fn handle(
         (&Method::GET, "/readyz") => {
             let mut body = String::new();
             let mut ready = true;
-            for b in &state.backends {
+            for b in state.reloader.backends().iter() {
                 let up = matches!(
                     tokio::time::timeout(
                         READY_CONNECT_TIMEOUT,
@@ -100,6 +100,19 @@ async fn handle(
                 text,
                 body,
             )
+        }
+        (&Method::POST, "/reload") => {
+            let reloader = state.reloader.clone();
+            match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                Ok(Ok(())) => reply(StatusCode::OK, text, "reloaded\n"),
+                // The reason names a key or a file, never a secret (ConfigError's contract).
+                Ok(Err(e)) => reply(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    text,
+                    format!("reload refused: {e}\n"),
+                ),
+                Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, text, "reload failed\n"),
+            }
         }
         _ => reply(StatusCode::NOT_FOUND, text, "not found\n"),
     })

@@ -23,11 +23,11 @@ pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 /// Process-wide guards.
 pub struct Guards {
     /// Failed-login backoff and bans, per IP and per IP + user.
-    pub auth: Option<AuthGuard>,
+    pub auth: Option<Arc<AuthGuard>>,
     /// Unauthenticated connections, in total and per IP.
     pub unauthenticated: Arc<ConnectionCaps<IpAddr>>,
     /// One log line per second per client and reason.
-    pub sampler: LogSampler,
+    pub sampler: Arc<LogSampler>,
     users: HashMap<String, Arc<UserGuard>>,
     listeners: HashMap<String, Arc<ListenerGuard>>,
 }
@@ -75,15 +75,39 @@ impl Guards {
             .map(|li| (li.name.clone(), Arc::new(ListenerGuard::new(li))))
             .collect();
         Guards {
-            auth: l.login_backoff.clone().map(AuthGuard::new),
+            auth: l.login_backoff.clone().map(|p| Arc::new(AuthGuard::new(p))),
             unauthenticated: Arc::new(ConnectionCaps::new(
                 Some(l.max_unauthenticated),
                 Some(l.max_unauthenticated_per_ip),
             )),
-            sampler: LogSampler::new(Duration::from_secs(1)),
+            sampler: Arc::new(LogSampler::new(Duration::from_secs(1))),
             users,
             listeners,
         }
+    }
+
+    /// Guards for a reloaded config. Bans and backoff state carry over (unless the
+    /// backoff policy itself changed), and so do the unauthenticated pool while its
+    /// caps are unchanged; rates and per-user caps start afresh with the new values
+    /// (sessions already open keep their permits on the old ones).
+    pub fn reloaded(&self, config: &Config) -> Guards {
+        let mut next = Guards::new(config);
+        let same_policy = match (&self.auth, &config.limits.login_backoff) {
+            (Some(old), Some(new)) => old.policy() == new,
+            (None, None) => true,
+            _ => false,
+        };
+        if same_policy {
+            next.auth = self.auth.clone();
+        }
+        let l = &config.limits;
+        if self.unauthenticated.max_total() == Some(l.max_unauthenticated)
+            && self.unauthenticated.max_per_key() == Some(l.max_unauthenticated_per_ip)
+        {
+            next.unauthenticated = self.unauthenticated.clone();
+        }
+        next.sampler = self.sampler.clone();
+        next
     }
 
     /// The guard of a listener (every configured listener has one).

@@ -43,4 +43,4 @@ pub mod server;
 pub mod stream;
 pub mod tls;
 
-pub use server::{start, Running, Shutdown};
+pub use server::{start, start_from, Running, Shutdown};

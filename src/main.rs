@@ -88,11 +88,20 @@ fn run(path: &std::path::Path, json_logs: bool) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = portcullis::Shutdown::new();
-        let running = portcullis::start(config, shutdown.clone()).await?;
+        let running =
+            portcullis::start_from(config, Some(path.to_path_buf()), shutdown.clone()).await?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hup.recv() => {
+                    // A bad new config is logged and the old one keeps running.
+                    let reloader = running.reloader();
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                }
+            }
         }
         tracing::info!(event = "shutdown_requested");
         running.shutdown().await;

@@ -20,6 +20,7 @@ use crate::metrics::UNKNOWN_USER;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::postgres::cancel::CancelRegistry;
 use crate::stream::ClientTcp;
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 
 /// Longest pause after an accept error such as EMFILE.
@@ -119,11 +120,143 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     /// The metrics registry.
     pub metrics: Metrics,
+    reloader: Arc<Reloader>,
     shutdown: Shutdown,
     done: tokio::task::JoinHandle<()>,
 }
 
+/// Why a reload was refused (the old config keeps running).
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// The new config does not load or validate.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Listeners were added, removed, renamed or moved: that needs a restart.
+    #[error("listeners changed ({0}); restart to apply")]
+    Listeners(String),
+    /// No config file to reload from (the proxy was started from a value).
+    #[error("no config file to reload")]
+    NoSource,
+}
+
+/// Swaps in a new config for new connections and logins. Live sessions keep the
+/// snapshot they started with.
+pub struct Reloader {
+    source: Option<std::path::PathBuf>,
+    slots: HashMap<String, Arc<ArcSwap<Context>>>,
+    shape: Vec<(String, SocketAddr, Protocol)>,
+    guards: ArcSwap<Guards>,
+    backends: ArcSwap<Vec<Arc<crate::config::Backend>>>,
+    metrics: Metrics,
+    auth_permits: Arc<Semaphore>,
+    close: CancellationToken,
+    cancels: Arc<CancelRegistry>,
+    lock: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+fn shape(config: &Config) -> Vec<(String, SocketAddr, Protocol)> {
+    let mut v: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.listen, l.protocol))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl Reloader {
+    fn context(&self, l: &Arc<Listener>, config: &Config, guards: &Arc<Guards>) -> Context {
+        Context {
+            listener: l.clone(),
+            users: config.users.clone(),
+            limits: config.limits.clone(),
+            metrics: self.metrics.listener(&l.name),
+            auth_permits: self.auth_permits.clone(),
+            close: self.close.clone(),
+            cancels: self.cancels.clone(),
+            guards: guards.clone(),
+        }
+    }
+
+    /// Applies a validated config: users, policies, limits, certificates and
+    /// backend credentials for everything that starts from now on.
+    pub fn apply(&self, config: Config) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let new_shape = shape(&config);
+        if new_shape != self.shape {
+            let describe = |s: &[(String, SocketAddr, Protocol)]| {
+                s.iter()
+                    .map(|(n, a, p)| format!("{n}={}@{a}", p.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            return Err(ReloadError::Listeners(format!(
+                "{} -> {}",
+                describe(&self.shape),
+                describe(&new_shape)
+            )));
+        }
+        for w in &config.warnings {
+            warn!(event = "config_warning", "{w}");
+        }
+        let guards = Arc::new(self.guards.load().reloaded(&config));
+        for l in &config.listeners {
+            if let Some(slot) = self.slots.get(&l.name) {
+                slot.store(Arc::new(self.context(l, &config, &guards)));
+            }
+        }
+        self.guards.store(guards);
+        self.backends.store(Arc::new(config.backends.clone()));
+        info!(
+            event = "config_reloaded",
+            users = config.users.len(),
+            listeners = config.listeners.len()
+        );
+        Ok(())
+    }
+
+    /// Reloads from the file the proxy was started with.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let path = self.source.as_ref().ok_or(ReloadError::NoSource)?;
+        let result = Config::load(path)
+            .map_err(ReloadError::from)
+            .and_then(|c| self.apply(c));
+        if let Err(e) = &result {
+            warn!(event = "config_reload_failed", error = %e);
+        }
+        result
+    }
+
+    /// The backends `/readyz` checks now.
+    pub fn backends(&self) -> Arc<Vec<Arc<crate::config::Backend>>> {
+        self.backends.load_full()
+    }
+}
+
 impl Running {
+    /// Applies a new config (see [`Reloader::apply`]).
+    pub fn reload_with(&self, config: Config) -> Result<(), ReloadError> {
+        self.reloader.apply(config)
+    }
+
+    /// Reloads the config file the proxy was started with (SIGHUP does this).
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        self.reloader.reload()
+    }
+
+    /// The reloader, for signal handlers.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
+    }
+
     /// Handle to trigger shutdown from elsewhere.
     pub fn shutdown_handle(&self) -> Shutdown {
         self.shutdown.clone()
@@ -143,6 +276,15 @@ impl Running {
 
 /// Binds every listener and the admin endpoint, then serves in the background.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
+    start_from(config, None, shutdown).await
+}
+
+/// [`start`], remembering the config file so that SIGHUP and `POST /reload` can reload it.
+pub async fn start_from(
+    config: Config,
+    source: Option<std::path::PathBuf>,
+    shutdown: Shutdown,
+) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let close = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -150,20 +292,6 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let auth_permits = Arc::new(Semaphore::new(config.limits.max_concurrent_auth));
     let cancels = Arc::new(CancelRegistry::new());
     let guards = Arc::new(Guards::new(&config));
-    {
-        // Keyed limiters and tables shrink back as keys go quiet.
-        let guards = guards.clone();
-        let stop = shutdown.stop_accepting.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => guards.maintain(),
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
-    }
     for w in &config.warnings {
         warn!(event = "config_warning", "{w}");
     }
@@ -185,17 +313,42 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
         })?;
         info!(event = "listening", listener = %l.name, protocol = l.protocol.as_str(), %addr, tls = l.tls.is_some());
         bound.insert(l.name.clone(), addr);
-        let ctx = Arc::new(Context {
-            listener: l.clone(),
-            users: config.users.clone(),
-            limits: config.limits.clone(),
-            metrics: metrics.listener(&l.name),
-            auth_permits: auth_permits.clone(),
-            close: close.clone(),
-            cancels: cancels.clone(),
-            guards: guards.clone(),
+        loops.push((sock, l.clone()));
+    }
+    let mut reloader = Reloader {
+        source,
+        slots: HashMap::new(),
+        shape: shape(&config),
+        guards: ArcSwap::from(guards.clone()),
+        backends: ArcSwap::from_pointee(config.backends.clone()),
+        metrics: metrics.clone(),
+        auth_permits,
+        close: close.clone(),
+        cancels,
+        lock: std::sync::Mutex::new(()),
+    };
+    let mut accept = Vec::new();
+    for (sock, l) in loops {
+        let slot = Arc::new(ArcSwap::from_pointee(
+            reloader.context(&l, &config, &guards),
+        ));
+        reloader.slots.insert(l.name.clone(), slot.clone());
+        accept.push((sock, slot));
+    }
+    let reloader = Arc::new(reloader);
+    {
+        // Keyed limiters and tables shrink back as keys go quiet.
+        let reloader = reloader.clone();
+        let stop = shutdown.stop_accepting.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => reloader.guards.load().maintain(),
+                    _ = stop.cancelled() => return,
+                }
+            }
         });
-        loops.push((sock, ctx));
     }
 
     let admin = match config.admin {
@@ -215,7 +368,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
             info!(event = "listening", listener = "admin", addr = %local);
             let state = crate::admin::AdminState {
                 metrics: metrics.clone(),
-                backends: config.backends.clone(),
+                reloader: reloader.clone(),
             };
             tokio::spawn(crate::admin::serve(
                 sock,
@@ -231,10 +384,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let stop = shutdown.stop_accepting.clone();
     let done = tokio::spawn(async move {
         let mut accept_loops = Vec::new();
-        for (sock, ctx) in loops {
+        for (sock, slot) in accept {
             accept_loops.push(tokio::spawn(accept_loop(
                 sock,
-                ctx,
+                slot,
                 conn_permits.clone(),
                 tracker.clone(),
                 stop.clone(),
@@ -260,6 +413,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
         listeners: bound,
         admin,
         metrics,
+        reloader,
         shutdown,
         done,
     })
@@ -270,7 +424,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
 /// out of descriptors or memory, so the loop never spins and never dies.
 async fn accept_loop(
     sock: TcpListener,
-    ctx: Arc<Context>,
+    slot: Arc<ArcSwap<Context>>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -282,6 +436,8 @@ async fn accept_loop(
             r = sock.accept() => r,
             _ = stop.cancelled() => return,
         };
+        // Each connection runs on the config current when it arrived.
+        let ctx = slot.load_full();
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(5);

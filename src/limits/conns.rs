@@ -91,6 +91,16 @@ impl<K: Hash + Eq + Clone> ConnectionCaps<K> {
         })
     }
 
+    /// The cap on all connections, if any.
+    pub fn max_total(&self) -> Option<u32> {
+        self.max_total
+    }
+
+    /// The cap per key, if any.
+    pub fn max_per_key(&self) -> Option<u32> {
+        self.max_per_key
+    }
+
     /// Live connections for `key`.
     pub fn count(&self, key: &K) -> u32 {
         self.lock().per_key.get(key).copied().unwrap_or(0)
