@@ -39,6 +39,15 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         iterations: u32,
     },
+    /// Probe an admin endpoint over HTTP (for container health checks): exits 0 on a 200 answer.
+    Probe {
+        /// Admin address.
+        #[arg(default_value = "127.0.0.1:9090")]
+        addr: String,
+        /// Path to request.
+        #[arg(default_value = "/healthz")]
+        path: String,
+    },
     /// Write a development CA plus server and client certificates.
     GenCerts {
         /// Output directory.
@@ -64,6 +73,7 @@ fn main() -> ExitCode {
             client_name,
             hosts,
         } => gen_certs(&out, &client_name, &hosts),
+        Command::Probe { addr, path } => probe(&addr, &path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -159,6 +169,26 @@ fn hash_password(iterations: u32) -> anyhow::Result<()> {
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
     let verifier = ScramVerifier::derive(password.as_bytes(), &salt, iterations)?;
     println!("{verifier}");
+    Ok(())
+}
+
+fn probe(addr: &str, path: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::time::Duration;
+    let sock: std::net::SocketAddr = addr.parse().context("probe address")?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    anyhow::ensure!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{path} answered {}",
+        String::from_utf8_lossy(&head)
+    );
     Ok(())
 }
 

@@ -14,7 +14,7 @@ fn bin() -> Command {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["run", "check-config", "hash-password", "gen-certs"] {
+    for sub in ["run", "check-config", "hash-password", "gen-certs", "probe"] {
         let out = bin().args([sub, "--help"]).output().expect("spawn");
         assert!(out.status.success(), "{sub} --help");
         assert!(
