@@ -21,6 +21,7 @@
 //! - [`config`]: TOML → validated types (secrets resolved, TLS loaded, rules compiled).
 //! - [`tls`]: rustls configs, development certificates, client-certificate names.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and `/metrics /healthz /readyz`.
+//! - [`audit`]: `portcullis audit`, the security checks as one command.
 //! - [`error`]: session errors that say which side failed; [`logging`]: setup and escaping.
 //! - [`stream`]: plain-or-TLS stream types.
 
@@ -28,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;

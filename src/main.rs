@@ -39,6 +39,26 @@ enum Command {
         #[arg(long, default_value_t = 4096)]
         iterations: u32,
     },
+    /// Check the deployment: backends refuse missing and wrong credentials, listeners refuse
+    /// plaintext and old TLS, certificates are valid; optionally external reachability and a port scan.
+    /// Exits non-zero on any failure.
+    Audit {
+        /// An address of this machine as seen from outside: backend ports must not answer there.
+        #[arg(long)]
+        external: Option<std::net::IpAddr>,
+        /// A host of your own to connect-scan for Redis and PostgreSQL answering without portcullis.
+        #[arg(long)]
+        scan: Option<std::net::IpAddr>,
+        /// Ports to scan: a list and ranges, e.g. `6379,5432,7000-7100`.
+        #[arg(
+            long,
+            default_value = "1-1024,2375,3306,5432,6379,6380,6432,9090,11211,27017"
+        )]
+        ports: String,
+        /// One JSON object per check instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Probe an admin endpoint over HTTP (for container health checks): exits 0 on a 200 answer.
     Probe {
         /// Admin address.
@@ -74,6 +94,12 @@ fn main() -> ExitCode {
             hosts,
         } => gen_certs(&out, &client_name, &hosts),
         Command::Probe { addr, path } => probe(&addr, &path),
+        Command::Audit {
+            external,
+            scan,
+            ports,
+            json,
+        } => audit(&cli.config, external, scan, &ports, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +195,43 @@ fn hash_password(iterations: u32) -> anyhow::Result<()> {
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut salt);
     let verifier = ScramVerifier::derive(password.as_bytes(), &salt, iterations)?;
     println!("{verifier}");
+    Ok(())
+}
+
+fn audit(
+    path: &std::path::Path,
+    external: Option<std::net::IpAddr>,
+    scan: Option<std::net::IpAddr>,
+    ports: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    use portcullis::audit::{AuditOptions, Outcome};
+    let config = Config::load(path)?;
+    let ports =
+        portcullis::audit::parse_ports(ports).map_err(|e| anyhow::anyhow!("--ports: {e}"))?;
+    let options = AuditOptions {
+        external,
+        scan: scan.map(|h| (h, ports)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let checks = rt.block_on(portcullis::audit::audit(&config, &options));
+    for c in &checks {
+        if json {
+            println!("{}", serde_json::to_string(c)?);
+        } else {
+            let tag = match c.outcome {
+                Outcome::Pass => "PASS",
+                Outcome::Fail => "FAIL",
+                Outcome::Skip => "SKIP",
+            };
+            println!("{tag} {}: {}", c.name, c.detail);
+        }
+    }
+    let failed = checks.iter().filter(|c| c.outcome == Outcome::Fail).count();
+    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
     Ok(())
 }
 

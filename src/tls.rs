@@ -218,6 +218,15 @@ pub fn end_point_hash(cert_file: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(certificate_end_point_hash(&cert))
 }
 
+/// When the first certificate in a PEM file expires, in Unix seconds.
+pub fn not_after(cert_file: &Path) -> Result<i64, TlsError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let cert = load_certs(cert_file)?.remove(0);
+    let (_, parsed) =
+        X509Certificate::from_der(cert.as_ref()).map_err(|e| pem_err(cert_file, e))?;
+    Ok(parsed.validity().not_after.timestamp())
+}
+
 /// [`end_point_hash`] for a certificate in DER.
 pub fn certificate_end_point_hash(cert: &CertificateDer<'_>) -> Vec<u8> {
     use sha2::Digest;

@@ -422,6 +422,8 @@ pub struct ServerTls {
     pub client_cert: ClientCertMode,
     /// `tls-server-end-point` channel binding data for our certificate (RFC 5929).
     pub end_point: Vec<u8>,
+    /// When the certificate expires (Unix seconds), for `portcullis audit`.
+    pub not_after: i64,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -911,6 +913,8 @@ impl Ctx<'_> {
             required: t.mode == RawTlsMode::Required,
             client_cert: t.client_cert,
             end_point,
+            not_after: tls::not_after(&cert)
+                .map_err(|e| invalid(format!("{key}.tls.cert"), e.to_string()))?,
         }))
     }
 

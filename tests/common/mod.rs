@@ -80,6 +80,35 @@ impl RedisServer {
         }
     }
 
+    /// A redis-server as the security guide warns against: no password, protected mode off.
+    pub fn start_insecure() -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        wait_for_port(port);
+        RedisServer {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
     /// A redis-server that speaks only TLS (Redis's `tls-port`), with the test certificates.
     pub fn start_tls(certs: &Certs) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
