@@ -231,18 +231,20 @@ impl Admission {
         listener: Arc<ListenerGuard>,
         ip: IpAddr,
     ) -> Result<Admission, CapRefusal> {
+        // IPv6 clients are keyed by their /64, so one host cannot rotate addresses to reset its limits.
+        let key = crate::limits::client_key(ip);
         if let Some(r) = &listener.new_connections {
-            if r.check(&ip).is_err() {
+            if r.check(&key).is_err() {
                 return Err(CapRefusal::ConnectionRate);
             }
         }
         let per_ip = listener
             .connections
-            .try_acquire(ip)
+            .try_acquire(key)
             .map_err(|_| CapRefusal::ConnectionsPerIp)?;
         let unauth = guards
             .unauthenticated
-            .try_acquire(ip)
+            .try_acquire(key)
             .map_err(|e| match e {
                 CapExceeded::Total => CapRefusal::Unauthenticated,
                 CapExceeded::PerKey => CapRefusal::UnauthenticatedPerIp,
@@ -279,7 +281,7 @@ impl Admission {
     /// to wait for a token and what the configured action is.
     pub fn command(&self, listener_action: Action) -> Result<(), (Duration, Action)> {
         if let Some(r) = &self.listener.commands {
-            if let Err(wait) = r.check(&self.ip) {
+            if let Err(wait) = r.check(&crate::limits::client_key(self.ip)) {
                 return Err((wait, listener_action));
             }
         }

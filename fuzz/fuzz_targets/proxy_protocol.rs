@@ -8,7 +8,8 @@
 //! line decodes to the same addresses, leaving the bytes after the line alone.
 //!
 //! The first input byte picks a prefix so the fuzzer need not find the
-//! signatures itself: 0 raw input, 1 "PROXY ", 2 the v2 signature.
+//! signatures and keywords itself (it does not within minutes): raw input,
+//! the v2 signature, "PROXY ", "PROXY TCP4 ", "PROXY TCP6 ", "PROXY UNKNOWN".
 
 #![no_main]
 
@@ -25,11 +26,15 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let mut input = match mode % 3 {
-        1 => b"PROXY ".to_vec(),
-        2 => V2_SIGNATURE.to_vec(),
-        _ => Vec::new(),
+    let prefix: &[u8] = match mode % 6 {
+        0 => b"",
+        1 => V2_SIGNATURE,
+        2 => b"PROXY ",
+        3 => b"PROXY TCP4 ",
+        4 => b"PROXY TCP6 ",
+        _ => b"PROXY UNKNOWN",
     };
+    let mut input = prefix.to_vec();
     input.extend_from_slice(rest);
     let input = input.as_slice();
 
