@@ -249,6 +249,41 @@ async fn audit_redis_backend(r: &mut Report, b: &Backend) {
         Some(_) => r.add(n("protected_mode"), Outcome::Fail, "protected-mode is off"),
         None => r.add(n("protected_mode"), Outcome::Skip, "no answer"),
     }
+    // The guide renames or disables commands that wipe or stop the server; check
+    // none is reachable under its own name again (COMMAND INFO answers nil for a
+    // renamed or disabled command).
+    let dangerous: [&[u8]; 5] = [b"FLUSHALL", b"FLUSHDB", b"DEBUG", b"SHUTDOWN", b"MODULE"];
+    let mut info: Vec<&[u8]> = vec![b"COMMAND", b"INFO"];
+    info.extend_from_slice(&dangerous);
+    match timeout(resp(&mut s, &info)).await.flatten() {
+        Some(rep) if rep.starts_with(b"-") => r.add(
+            n("dangerous_commands_renamed"),
+            Outcome::Skip,
+            "COMMAND not permitted",
+        ),
+        Some(rep) => {
+            let body = String::from_utf8_lossy(&rep).to_ascii_lowercase();
+            let live: Vec<&str> = dangerous
+                .iter()
+                .map(|c| std::str::from_utf8(c).unwrap_or(""))
+                .filter(|c| body.contains(&format!("\r\n{}\r\n", c.to_ascii_lowercase())))
+                .collect();
+            if live.is_empty() {
+                r.add(
+                    n("dangerous_commands_renamed"),
+                    Outcome::Pass,
+                    "FLUSHALL, FLUSHDB, DEBUG, SHUTDOWN, MODULE renamed or disabled",
+                )
+            } else {
+                r.add(
+                    n("dangerous_commands_renamed"),
+                    Outcome::Fail,
+                    format!("still reachable by name: {}", live.join(" ")),
+                )
+            }
+        }
+        None => r.add(n("dangerous_commands_renamed"), Outcome::Skip, "no answer"),
+    }
     match timeout(resp(&mut s, &[b"ACL", b"GETUSER", b"default"]))
         .await
         .flatten()

@@ -54,7 +54,25 @@ async fn audit_passes_a_secure_deployment_and_fails_an_insecure_one() {
     let dir = tempfile::tempdir().expect("tempdir");
 
     // Secure: requirepass + protected mode; PostgreSQL with scram-sha-256.
-    let secure = RedisServer::start_with(&["--protected-mode", "yes"]);
+    let secure = RedisServer::start_with(&[
+        "--protected-mode",
+        "yes",
+        "--rename-command",
+        "FLUSHALL",
+        "",
+        "--rename-command",
+        "FLUSHDB",
+        "",
+        "--rename-command",
+        "DEBUG",
+        "",
+        "--rename-command",
+        "SHUTDOWN",
+        "",
+        "--rename-command",
+        "MODULE",
+        "",
+    ]);
     let listen = free_port();
     let path = dir.path().join("secure.toml");
     std::fs::write(
@@ -85,6 +103,7 @@ async fn audit_passes_a_secure_deployment_and_fails_an_insecure_one() {
         "backend[redis] credentials_work",
         "backend[redis] protected_mode",
         "backend[redis] default_user_protected",
+        "backend[redis] dangerous_commands_renamed",
         "backend[pg] no_credentials_refused",
         "backend[pg] wrong_password_refused",
         "backend[pg] credentials_work",
