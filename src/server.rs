@@ -63,6 +63,28 @@ pub struct Context {
     pub cancels: Arc<CancelRegistry>,
     /// Rate limits, caps and login backoff, shared by every listener.
     pub guards: Arc<Guards>,
+    /// The users after each reload, and what to do with removed users' sessions.
+    pub reloads: tokio::sync::watch::Receiver<UsersEpoch>,
+}
+
+/// What a reload tells live sessions.
+#[derive(Debug, Clone)]
+pub struct UsersEpoch {
+    /// The user table now.
+    pub users: Arc<Users>,
+    /// What happens to sessions of users no longer allowed.
+    pub removed: crate::config::RemovedUserSessions,
+}
+
+impl Context {
+    /// Whether a session of `who` on this listener must close after a reload.
+    pub fn must_close(&self, epoch: &UsersEpoch, who: &Identity) -> bool {
+        epoch.removed == crate::config::RemovedUserSessions::Close
+            && !epoch
+                .users
+                .get(who.name())
+                .is_some_and(|u| u.may_use(&self.listener.name))
+    }
 }
 
 impl Context {
@@ -151,6 +173,7 @@ pub struct Reloader {
     auth_permits: Arc<Semaphore>,
     close: CancellationToken,
     cancels: Arc<CancelRegistry>,
+    epochs: tokio::sync::watch::Sender<UsersEpoch>,
     lock: std::sync::Mutex<()>,
 }
 
@@ -183,6 +206,7 @@ impl Reloader {
             close: self.close.clone(),
             cancels: self.cancels.clone(),
             guards: guards.clone(),
+            reloads: self.epochs.subscribe(),
         }
     }
 
@@ -215,6 +239,11 @@ impl Reloader {
         }
         self.guards.store(guards);
         self.backends.store(Arc::new(config.backends.clone()));
+        // Live sessions look at the new user table (and close if so configured).
+        let _ = self.epochs.send(UsersEpoch {
+            users: config.users.clone(),
+            removed: config.removed_user_sessions,
+        });
         info!(
             event = "config_reloaded",
             users = config.users.len(),
@@ -325,6 +354,10 @@ pub async fn start_from(
         auth_permits,
         close: close.clone(),
         cancels,
+        epochs: tokio::sync::watch::Sender::new(UsersEpoch {
+            users: config.users.clone(),
+            removed: config.removed_user_sessions,
+        }),
         lock: std::sync::Mutex::new(()),
     };
     let mut accept = Vec::new();

@@ -220,3 +220,46 @@ fn sighup_reloads_the_binary() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// With `removed_user_sessions = "close"`, a reload that removes a user closes its live sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_users_sessions_close_when_configured() {
+    let redis = RedisServer::start();
+    let certs = Certs::new();
+    let cfg = ProxyConfig::new(redis.port);
+    let text = format!(
+        "[reload]\nremoved_user_sessions = \"close\"\n{}",
+        cfg.text(&certs)
+    );
+    let config =
+        portcullis::config::Config::parse(&text, std::path::Path::new(".")).expect("config");
+    let running = portcullis::start(config, portcullis::Shutdown::new())
+        .await
+        .expect("start");
+    let addr = running.listeners["redis"];
+    let ca = certs.paths.ca_cert.clone();
+    let mut alice = Raw::tls(addr, &ca, None).await;
+    alice.cmd(&["AUTH", "alice", "alice-pw"]).await;
+    let mut bob = Raw::tls(addr, &ca, None).await;
+    bob.cmd(&["AUTH", "bob", "bob-pw"]).await;
+    assert_eq!(alice.reply().await, "+OK\r\n");
+    assert_eq!(bob.reply().await, "+OK\r\n");
+    let mut next = ProxyConfig::new(redis.port);
+    next.users = user("alice", "alice-pw", "");
+    let text = format!(
+        "[reload]\nremoved_user_sessions = \"close\"\n{}",
+        next.text(&certs)
+    );
+    running
+        .reload_with(
+            portcullis::config::Config::parse(&text, std::path::Path::new(".")).expect("config"),
+        )
+        .expect("reload");
+    assert!(
+        bob.closed_within(Duration::from_secs(5)).await.is_some(),
+        "bob's session survived"
+    );
+    alice.cmd(&["PING"]).await;
+    assert_eq!(alice.reply().await, "+PONG\r\n");
+    running.shutdown_handle().trigger();
+}

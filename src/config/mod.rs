@@ -105,6 +105,8 @@ struct RawConfig {
     #[serde(default)]
     allow_weak_secrets: bool,
     #[serde(default)]
+    reload: RawReload,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     limits: RawLimits,
@@ -114,6 +116,25 @@ struct RawConfig {
     backends: Vec<RawBackend>,
     #[serde(default, rename = "user")]
     users: Vec<RawUser>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    #[serde(default)]
+    removed_user_sessions: RemovedUserSessions,
+}
+
+/// What a reload does to the live sessions of a user it removes or disables.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemovedUserSessions {
+    /// They run on until the client ends them (the default, as a password
+    /// change in PostgreSQL leaves sessions open).
+    #[default]
+    Continue,
+    /// They are closed at once.
+    Close,
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,6 +397,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Admin HTTP endpoint, if enabled.
     pub admin: Option<SocketAddr>,
+    /// What a reload does to sessions of removed or disabled users.
+    pub removed_user_sessions: RemovedUserSessions,
     /// Process-wide limits.
     pub limits: Limits,
     /// Client-facing listeners.
@@ -667,6 +690,7 @@ impl Config {
         Ok(Config {
             log_format: raw.log_format,
             admin,
+            removed_user_sessions: raw.reload.removed_user_sessions,
             limits,
             listeners,
             backends: backend_list,

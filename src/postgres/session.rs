@@ -262,6 +262,8 @@ async fn run(
         skipping: false,
         dropping: false,
         owed: VecDeque::new(),
+        reloads: ctx.reloads.clone(),
+        identity: identity.clone(),
     };
     let result = relay.run().await;
     drop(registration);
@@ -883,6 +885,10 @@ struct Relay<'a> {
     dropping: bool,
     /// Errors the proxy owes, each due when the backend's ReadyForQuery count reaches its mark.
     owed: VecDeque<Owed>,
+    /// Reloads, to close the session if its user was removed (when so configured).
+    reloads: tokio::sync::watch::Receiver<crate::server::UsersEpoch>,
+    /// Who the session runs as.
+    identity: Identity,
 }
 
 /// An error the proxy writes itself, in the place PostgreSQL would have put it.
@@ -965,6 +971,19 @@ impl Relay<'_> {
                                 }
                             }
                         }
+                    }
+                }
+                Ok(()) = self.reloads.changed() => {
+                    let epoch = self.reloads.borrow_and_update().clone();
+                    if self.ctx.must_close(&epoch, &self.identity) {
+                        self.ctx.metrics.refused("user_removed");
+                        if self.backend_framer.at_boundary() {
+                            let msg = messages::error_response(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN,
+                                "terminating connection: the user was removed");
+                            self.to_client.push(msg);
+                            self.flush_client().await;
+                        }
+                        return Err(SessionError::Limit("user_removed"));
                     }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {

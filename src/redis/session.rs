@@ -178,6 +178,7 @@ async fn run(
         commands_paused_until: None,
         reads_paused_until: None,
         last_activity: Instant::now(),
+        reloads: ctx.reloads.clone(),
     };
     relay.run().await
 }
@@ -680,6 +681,8 @@ struct Relay<'a> {
     reads_paused_until: Option<Instant>,
     /// Last byte from the client (idle timeout).
     last_activity: Instant,
+    /// Reloads, to close the session if its user was removed (when so configured).
+    reloads: tokio::sync::watch::Receiver<crate::server::UsersEpoch>,
 }
 
 impl Relay<'_> {
@@ -759,6 +762,16 @@ impl Relay<'_> {
                                 }
                             }
                         }
+                    }
+                }
+                Ok(()) = self.reloads.changed() => {
+                    let epoch = self.reloads.borrow_and_update().clone();
+                    if self.ctx.must_close(&epoch, &self.identity) {
+                        self.ctx.metrics.refused("user_removed");
+                        info!(event = "session_closed", listener = %self.ctx.listener.name, peer = %self.peer,
+                            user = %escape(self.identity.name().as_bytes()), reason = "user_removed");
+                        let _ = self.client.wr.shutdown().await;
+                        return Err(SessionError::Limit("user_removed"));
                     }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
