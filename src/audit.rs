@@ -551,9 +551,58 @@ fn insecure_client() -> Option<Arc<rustls::ClientConfig>> {
     Some(Arc::new(config))
 }
 
+/// Logs in with a wrong password (a full SCRAM exchange, or a clear-text answer);
+/// `Some(true)` when the listener refuses it, `Some(false)` when it lets it in.
+async fn pg_wrong_password<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Option<bool> {
+    use crate::auth::scram_client::{ClientChannelBinding, ScramClient};
+    use crate::postgres::codec::decode_message;
+    use crate::postgres::messages::{self, parse_auth_request, AuthRequest};
+    let mut buf = BytesMut::new();
+    let mut scram: Option<ScramClient> = None;
+    loop {
+        let m = loop {
+            if let Some(m) = decode_message(&mut buf, 1 << 16).ok()? {
+                break m;
+            }
+            if s.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+        };
+        match (m.tag, parse_auth_request(m.body.clone())) {
+            (b'E', _) => return Some(true),
+            (b'R', Some(AuthRequest::Ok)) => return Some(false),
+            (b'R', Some(AuthRequest::Sasl(_))) => {
+                let (client, first) = ScramClient::new(
+                    b"portcullis-audit-wrong-password",
+                    ClientChannelBinding::None,
+                )
+                .ok()?;
+                let msg = messages::sasl_initial_response(client.mechanism().name(), &first);
+                s.write_all(&msg).await.ok()?;
+                scram = Some(client);
+            }
+            (b'R', Some(AuthRequest::SaslContinue(data))) => {
+                let (_, fin) = scram.take()?.handle_server_first(&data).ok()?;
+                s.write_all(&messages::password_message(&fin)).await.ok()?;
+            }
+            (b'R', Some(AuthRequest::Cleartext | AuthRequest::Md5(_))) => {
+                s.write_all(&messages::password_cstr(b"portcullis-audit-wrong-password"))
+                    .await
+                    .ok()?;
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// A minimal TLS 1.0 ClientHello (one cipher suite, no extensions).
 fn tls10_client_hello() -> Vec<u8> {
-    let mut body = vec![0x03, 0x01];
+    tls_client_hello(0x01)
+}
+
+/// The same for TLS 1.`minor - 1` (0x01: 1.0, 0x02: 1.1).
+fn tls_client_hello(minor: u8) -> Vec<u8> {
+    let mut body = vec![0x03, minor];
     body.extend_from_slice(&[7u8; 32]);
     body.push(0); // session id
     body.extend_from_slice(&[0x00, 0x02, 0x00, 0x2f]); // TLS_RSA_WITH_AES_128_CBC_SHA
@@ -662,20 +711,7 @@ async fn audit_listener(r: &mut Report, l: &Listener) {
                 )]))
                 .await
                 .ok()?;
-                let mut buf = BytesMut::new();
-                // The proxy asks for SASL; answering garbage-free but wrong is enough: send a
-                // cleartext-shaped wrong answer and expect an error, never AuthenticationOk.
-                let m = loop {
-                    if let Some(m) =
-                        crate::postgres::codec::decode_message(&mut buf, 1 << 16).ok()?
-                    {
-                        break m;
-                    }
-                    if s.read_buf(&mut buf).await.ok()? == 0 {
-                        return None;
-                    }
-                };
-                Some(m.tag == b'R' && m.body.get(..4) != Some(&[0, 0, 0, 0]))
+                pg_wrong_password(&mut s).await
             }
         }
     };
@@ -710,7 +746,20 @@ async fn audit_listener(r: &mut Report, l: &Listener) {
         let mut b = [0u8; 6];
         let k = s.read(&mut b).await.unwrap_or(0);
         // A ServerHello is a handshake record (0x16) with type 2; anything else is a refusal.
-        Some(k >= 6 && b[0] == 0x16 && b[5] == 0x02)
+        let answered_10 = k >= 6 && b[0] == 0x16 && b[5] == 0x02;
+        // And TLS 1.1, on a new connection.
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        if l.protocol == Protocol::Postgres {
+            s.write_all(&crate::postgres::messages::ssl_request())
+                .await
+                .ok()?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.ok()?;
+        }
+        s.write_all(&tls_client_hello(0x02)).await.ok()?;
+        let k = s.read(&mut b).await.unwrap_or(0);
+        let answered_11 = k >= 6 && b[0] == 0x16 && b[5] == 0x02;
+        Some(answered_10 || answered_11)
     };
     match timeout(old).await.flatten() {
         Some(false) => r.add(
@@ -721,7 +770,7 @@ async fn audit_listener(r: &mut Report, l: &Listener) {
         Some(true) => r.add(
             n("tls10_refused"),
             Outcome::Fail,
-            "a TLS 1.0 handshake was answered",
+            "a TLS 1.0 or 1.1 handshake was answered",
         ),
         None => r.add(
             n("tls10_refused"),

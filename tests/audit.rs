@@ -32,13 +32,22 @@ fn outcome<'a>(checks: &'a [serde_json::Value], name: &str) -> &'a str {
 }
 
 /// Config text with one Redis listener (on `port`), its backend, and a PostgreSQL backend.
-fn config(certs: &Certs, redis_port: u16, listen: u16, pg_user: &str, pg_password: &str) -> String {
+fn config(
+    certs: &Certs,
+    redis_port: u16,
+    listen: u16,
+    pg_listen: u16,
+    pg_user: &str,
+    pg_password: &str,
+) -> String {
     let p = &certs.paths;
     format!(
         "allow_weak_secrets = true\n[admin]\nenabled = false\n\
          [[backend]]\nname = \"redis\"\nprotocol = \"redis\"\naddress = \"127.0.0.1:{redis_port}\"\npassword = \"{BACKEND_PASSWORD}\"\n\
          [[backend]]\nname = \"pg\"\nprotocol = \"postgres\"\naddress = \"127.0.0.1:{pg}\"\nuser = \"{pg_user}\"\npassword = \"{pg_password}\"\n\
          [[listener]]\nname = \"redis\"\nprotocol = \"redis\"\nlisten = \"127.0.0.1:{listen}\"\nbackend = \"redis\"\n\
+         [listener.tls]\nmode = \"required\"\ncert = {cert:?}\nkey = {key:?}\n\
+         [[listener]]\nname = \"pg\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:{pg_listen}\"\nbackend = \"pg\"\n\
          [listener.tls]\nmode = \"required\"\ncert = {cert:?}\nkey = {key:?}\n\
          {users}",
         pg = cluster().port,
@@ -74,6 +83,7 @@ async fn audit_passes_a_secure_deployment_and_fails_an_insecure_one() {
         "",
     ]);
     let listen = free_port();
+    let pg_listen = free_port();
     let path = dir.path().join("secure.toml");
     std::fs::write(
         &path,
@@ -81,6 +91,7 @@ async fn audit_passes_a_secure_deployment_and_fails_an_insecure_one() {
             &certs,
             secure.port,
             listen,
+            pg_listen,
             PG_BACKEND_USER,
             PG_BACKEND_PASSWORD,
         ),
@@ -111,6 +122,9 @@ async fn audit_passes_a_secure_deployment_and_fails_an_insecure_one() {
         "listener[redis] wrong_password_refused",
         "listener[redis] tls10_refused",
         "listener[redis] certificate_valid_30_days",
+        "listener[pg] plaintext_refused",
+        "listener[pg] wrong_password_refused",
+        "listener[pg] tls10_refused",
     ] {
         assert_eq!(outcome(&checks, name), "pass", "{name}: {checks:#?}");
     }
@@ -134,6 +148,7 @@ async fn audit_passes_a_secure_deployment_and_fails_an_insecure_one() {
             &certs,
             insecure.port,
             listen,
+            pg_listen,
             PG_REPORTING_USER,
             "whatever-it-is",
         ),
