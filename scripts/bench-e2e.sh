@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# End-to-end Redis benchmark, side by side in one run: redis-server direct, through
+# portcullis (plain sidecar listener, and TLS + AUTH + command policy), and, where
+# installed, HAProxy (TCP mode and TLS termination), stunnel and twemproxy.
+# Load: redis-benchmark, 50 clients, GET and SET, pipeline 1 and 16.
+# For each proxy it reads the process's CPU time from /proc before and after the
+# run and reports CPU microseconds per request.
+#
+#   scripts/bench-e2e.sh                # prints a markdown table
+#   scripts/bench-e2e.sh --write        # also replaces the table in BENCHMARKS.md
+#
+# Everything listens on 127.0.0.1 and stops when the script exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-200000}          # requests per test (GET and SET each)
+CLIENTS=${CLIENTS:-50}
+write=false
+[[ "${1:-}" == "--write" ]] && write=true
+
+need() { command -v "$1" >/dev/null || { echo "bench-e2e: $1 is required (apt-get install $2)" >&2; exit 1; }; }
+need redis-server redis-server
+need redis-benchmark redis-tools
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; exit 1; }
+
+[[ -x target/release/portcullis ]] || cargo build --release --quiet
+bin=$PWD/target/release/portcullis
+
+BACKEND_PW="Bench-Backend-Secret-0123456789-abcdefXYZ"
+USER_PW="bench-password"
+RP=$(free_port)
+redis-server --port "$RP" --bind 127.0.0.1 --requirepass "$BACKEND_PW" --save "" --appendonly no >/dev/null &
+pids+=($!)
+wait_port "$RP"
+redis-cli -p "$RP" -a "$BACKEND_PW" --no-auth-warning set key:__rand_int__ x >/dev/null
+
+"$bin" gen-certs --out "$work/certs" >/dev/null
+cat "$work/certs/server.crt" "$work/certs/server.key" >"$work/certs/haproxy.pem"
+
+PP=$(free_port); PT=$(free_port)
+cat >"$work/portcullis.toml" <<EOF
+[admin]
+enabled = false
+[[backend]]
+name = "redis"
+protocol = "redis"
+address = "127.0.0.1:$RP"
+password = "\${BENCH_BACKEND_PW}"
+[[listener]]
+name = "plain"
+protocol = "redis"
+listen = "127.0.0.1:$PP"
+backend = "redis"
+[listener.tls]
+mode = "disabled"
+[[listener]]
+name = "tls"
+protocol = "redis"
+listen = "127.0.0.1:$PT"
+backend = "redis"
+[listener.tls]
+mode = "required"
+cert = "$work/certs/server.crt"
+key = "$work/certs/server.key"
+[[user]]
+name = "bench"
+password = "\${BENCH_USER_PW}"
+EOF
+BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$bin" run --config "$work/portcullis.toml" 2>"$work/portcullis.log" &
+portcullis_pid=$!
+pids+=($portcullis_pid)
+wait_port "$PP"; wait_port "$PT"
+
+haproxy_pid=""; HP=""; HT=""
+if command -v haproxy >/dev/null; then
+    HP=$(free_port); HT=$(free_port)
+    cat >"$work/haproxy.cfg" <<EOF
+global
+    maxconn 20000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend plain
+    bind 127.0.0.1:$HP
+    default_backend redis
+frontend tls
+    bind 127.0.0.1:$HT ssl crt $work/certs/haproxy.pem
+    default_backend redis
+backend redis
+    server r1 127.0.0.1:$RP
+EOF
+    haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 &
+    haproxy_pid=$!
+    pids+=($haproxy_pid)
+    wait_port "$HP"; wait_port "$HT"
+fi
+
+stunnel_pid=""; SP=""
+if command -v stunnel >/dev/null; then
+    SP=$(free_port)
+    cat >"$work/stunnel.conf" <<EOF
+foreground = yes
+pid =
+[redis]
+accept = 127.0.0.1:$SP
+connect = 127.0.0.1:$RP
+cert = $work/certs/server.crt
+key = $work/certs/server.key
+EOF
+    stunnel "$work/stunnel.conf" >/dev/null 2>&1 &
+    stunnel_pid=$!
+    pids+=($stunnel_pid)
+    wait_port "$SP"
+fi
+
+twem_pid=""; TP=""
+if command -v nutcracker >/dev/null; then
+    TP=$(free_port)
+    cat >"$work/nutcracker.yml" <<EOF
+pool:
+  listen: 127.0.0.1:$TP
+  redis: true
+  redis_auth: $BACKEND_PW
+  servers:
+    - 127.0.0.1:$RP:1
+EOF
+    nutcracker -c "$work/nutcracker.yml" >/dev/null 2>&1 &
+    twem_pid=$!
+    pids+=($twem_pid)
+    wait_port "$TP"
+fi
+
+ticks=$(getconf CLK_TCK)
+cpu() { [[ -n "$1" ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+
+# run NAME PID PORT PIPELINE redis-benchmark-args...
+rows=()
+run() {
+    local name=$1 pid=$2 port=$3 pipeline=$4; shift 4
+    local before after out get set us
+    before=$(cpu "$pid")
+    out=$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$N" -P "$pipeline" -t get,set -q --csv "$@" 2>/dev/null)
+    after=$(cpu "$pid")
+    set=$(echo "$out" | awk -F'","' '/^"SET/ {print $2}')
+    get=$(echo "$out" | awk -F'","' '/^"GET/ {print $2}')
+    local p50get
+    p50get=$(echo "$out" | awk -F'","' '/^"GET/ {print $5}')
+    if [[ -n "$pid" ]]; then
+        us=$(awk -v t="$((after - before))" -v hz="$ticks" -v n="$((2 * N))" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+    else
+        us="—"
+    fi
+    rows+=("| $name | $pipeline | ${get:-?} | ${set:-?} | ${p50get:-?} | $us |")
+}
+
+for p in 1 16; do
+    run "redis-server direct" "" "$RP" "$p" -a "$BACKEND_PW"
+    run "portcullis, plain (AUTH, policy)" "$portcullis_pid" "$PP" "$p" --user bench -a "$USER_PW"
+    run "portcullis, TLS (AUTH, policy)" "$portcullis_pid" "$PT" "$p" --tls --cacert "$work/certs/ca.crt" --user bench -a "$USER_PW"
+    [[ -n "$haproxy_pid" ]] && run "HAProxy, TCP mode" "$haproxy_pid" "$HP" "$p" -a "$BACKEND_PW"
+    [[ -n "$haproxy_pid" ]] && run "HAProxy, TLS termination" "$haproxy_pid" "$HT" "$p" --tls --cacert "$work/certs/ca.crt" -a "$BACKEND_PW"
+    [[ -n "$stunnel_pid" ]] && run "stunnel (TLS)" "$stunnel_pid" "$SP" "$p" --tls --cacert "$work/certs/ca.crt" -a "$BACKEND_PW"
+    [[ -n "$twem_pid" ]] && run "twemproxy" "$twem_pid" "$TP" "$p" -a "$BACKEND_PW"
+done
+
+machine="$(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d)"
+table=$(
+    echo "Machine: $machine. Command: \`scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients)."
+    echo
+    echo "| target | pipeline | GET req/s | SET req/s | GET p50 ms | proxy CPU µs/request |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    printf '%s\n' "${rows[@]}"
+)
+echo "$table"
+if $write; then
+    python3 - "$table" <<'PY'
+import sys, re
+table = sys.argv[1]
+path = "BENCHMARKS.md"
+text = open(path).read()
+start, end = "<!-- bench-e2e:start -->", "<!-- bench-e2e:end -->"
+block = f"{start}\n{table}\n{end}"
+if start in text:
+    text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+else:
+    text += "\n" + block + "\n"
+open(path, "w").write(text)
+PY
+fi
