@@ -87,7 +87,7 @@ if command -v haproxy >/dev/null; then
     HP=$(free_port); HT=$(free_port)
     cat >"$work/haproxy.cfg" <<EOF
 global
-    maxconn 20000
+    maxconn 4096
 defaults
     mode tcp
     timeout connect 5s

@@ -201,11 +201,14 @@ struct RawLimits {
     login_backoff: abuse::RawBackoff,
 }
 
+// Connection pools open dozens of connections at once from one host (and many
+// clients may share one NAT address): the per-IP default leaves room for that
+// while still bounding a single address's idle handshakes.
 fn default_max_unauthenticated() -> u32 {
-    1024
+    4096
 }
 fn default_max_unauthenticated_per_ip() -> u32 {
-    32
+    256
 }
 fn default_max_auth_attempts() -> u32 {
     5
