@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# End-to-end PostgreSQL benchmark, side by side in one run: pgbench -S against
+# PostgreSQL directly, through portcullis (TLS + SCRAM at the proxy) and, where
+# installed, through PgBouncer (session mode). Also -C (a new connection per
+# transaction). Reports each proxy's CPU time per transaction from /proc.
+#
+#   scripts/bench-pg.sh            # T=10 seconds per run, 16 clients
+#
+# Needs PostgreSQL server binaries (Debian: postgresql), pgbench; runs as root by
+# running PostgreSQL as the `postgres` user. Everything is on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${T:-10}
+C=${C:-16}
+
+bindir=$(dirname "$(readlink -f "$(command -v initdb || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; exit 1; }
+
+PW="Bench-Pg-Secret-0123456789-abcdefXYZ"
+PGP=$(free_port)
+[[ -x target/release/portcullis ]] || cargo build --release --quiet
+bin=$PWD/target/release/portcullis
+"$bin" gen-certs --out "$work/certs" >/dev/null
+mkdir -p "$work/pgtls" && cp "$work/certs/server.crt" "$work/certs/server.key" "$work/pgtls/"
+chown -R postgres "$work/pgtls" 2>/dev/null || true
+chmod 600 "$work/pgtls/server.key"
+mkdir -p "$work/data" && chown postgres "$work/data" 2>/dev/null || true
+echo "$PW" >"$work/pw" && chown postgres "$work/pw" 2>/dev/null || true
+as_pg "$bindir/initdb" -D "$work/data" -U bench --auth=scram-sha-256 --pwfile="$work/pw" >/dev/null
+as_pg "$bindir/postgres" -D "$work/data" -p "$PGP" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$work/data" \
+    -c max_connections=200 -c fsync=off -c ssl=on -c ssl_cert_file="$work/pgtls/server.crt" \
+    -c ssl_key_file="$work/pgtls/server.key" >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$PGP"
+export PGPASSWORD=$PW
+"$bindir/pgbench" -h 127.0.0.1 -p "$PGP" -U bench -i -s 1 -q postgres >/dev/null 2>&1
+
+PX=$(free_port)
+cat >"$work/portcullis.toml" <<EOF
+[admin]
+enabled = false
+[[backend]]
+name = "pg"
+protocol = "postgres"
+address = "127.0.0.1:$PGP"
+user = "bench"
+password = "\${BENCH_PW}"
+[[listener]]
+name = "pg"
+protocol = "postgres"
+listen = "127.0.0.1:$PX"
+backend = "pg"
+[listener.tls]
+mode = "required"
+cert = "$work/certs/server.crt"
+key = "$work/certs/server.key"
+[[user]]
+name = "bench"
+password = "\${BENCH_PW}"
+EOF
+BENCH_PW=$PW RUST_LOG=warn "$bin" run --config "$work/portcullis.toml" 2>/dev/null &
+portcullis_pid=$!
+pids+=($portcullis_pid)
+wait_port "$PX"
+
+bouncer_pid=""; BP=""
+if command -v pgbouncer >/dev/null; then
+    BP=$(free_port)
+    echo "\"bench\" \"$PW\"" >"$work/userlist.txt"
+    cat >"$work/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$PGP dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BP
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 500
+default_pool_size = 50
+client_tls_sslmode = allow
+client_tls_key_file = $work/certs/server.key
+client_tls_cert_file = $work/certs/server.crt
+unix_socket_dir =
+EOF
+    chown -R postgres "$work" 2>/dev/null || true
+    as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+    pids+=($!)
+    wait_port "$BP"
+    # The process to measure is pgbouncer itself, not the runuser wrapper.
+    bouncer_pid=$(pgrep -n -f "pgbouncer $work/pgbouncer.ini" | head -1)
+fi
+
+ticks=$(getconf CLK_TCK)
+cpu() { [[ -n "$1" ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+rows=()
+run() {
+    local name=$1 pid=$2 port=$3 sslmode=$4; shift 4
+    local before after out tps n us
+    before=$(cpu "$pid")
+    out=$(PGSSLMODE=$sslmode "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U bench -S -T "$T" -c "$C" -j 2 "$@" postgres 2>&1) || true
+    after=$(cpu "$pid")
+    tps=$(echo "$out" | awk '/^tps = / {print $3; exit}')
+    n=$(echo "$out" | awk '/number of transactions actually processed/ {print $NF}')
+    if [[ -n "$pid" && -n "$n" && "$n" != 0 ]]; then
+        us=$(awk -v t="$((after - before))" -v hz="$ticks" -v n="$n" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    else
+        us="—"
+    fi
+    rows+=("| $name | ${*:-} | ${tps:-?} | $us |")
+}
+run "PostgreSQL direct (TLS)" "" "$PGP" require
+run "portcullis (TLS, SCRAM at the proxy)" "$portcullis_pid" "$PX" require
+[[ -n "$bouncer_pid" ]] && run "PgBouncer, session mode (TLS)" "$bouncer_pid" "$BP" require
+run "PostgreSQL direct (TLS)" "" "$PGP" require -C
+run "portcullis (TLS, SCRAM at the proxy)" "$portcullis_pid" "$PX" require -C
+[[ -n "$bouncer_pid" ]] && run "PgBouncer, session mode (TLS)" "$bouncer_pid" "$BP" require -C
+
+echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients)."
+echo
+echo "| target | extra pgbench flags | tps | proxy CPU µs/transaction |"
+echo "| --- | --- | --- | --- |"
+printf '%s\n' "${rows[@]}"
