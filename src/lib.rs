@@ -24,6 +24,8 @@
 //! - [`audit`]: `portcullis audit`, the security checks as one command.
 //! - [`error`]: session errors that say which side failed; [`logging`]: setup and escaping.
 //! - [`stream`]: plain-or-TLS stream types.
+//! - [`bench`]: `portcullis bench`, the load generator (a client of the
+//!   gateways, not a part of them; nothing above depends on it).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -31,6 +33,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod guards;

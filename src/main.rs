@@ -68,6 +68,11 @@ enum Command {
         #[arg(default_value = "/healthz")]
         path: String,
     },
+    /// Load-test a Redis or PostgreSQL endpoint, directly or through portcullis.
+    Bench {
+        #[command(subcommand)]
+        cmd: portcullis::bench::BenchCommand,
+    },
     /// Write a development CA plus server and client certificates.
     GenCerts {
         /// Output directory.
@@ -94,6 +99,7 @@ fn main() -> ExitCode {
             hosts,
         } => gen_certs(&out, &client_name, &hosts),
         Command::Probe { addr, path } => probe(&addr, &path),
+        Command::Bench { cmd } => bench(cmd),
         Command::Audit {
             external,
             scan,
@@ -143,6 +149,14 @@ fn run(path: &std::path::Path, json_logs: bool) -> anyhow::Result<()> {
         running.shutdown().await;
         Ok(())
     })
+}
+
+fn bench(cmd: portcullis::bench::BenchCommand) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(portcullis::bench::run(cmd))
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {

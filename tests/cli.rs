@@ -14,8 +14,21 @@ fn bin() -> Command {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["run", "check-config", "hash-password", "gen-certs", "probe"] {
-        let out = bin().args([sub, "--help"]).output().expect("spawn");
+    for sub in [
+        "run",
+        "check-config",
+        "hash-password",
+        "gen-certs",
+        "probe",
+        "bench",
+        "bench redis",
+        "bench postgres",
+    ] {
+        let out = bin()
+            .args(sub.split(' '))
+            .arg("--help")
+            .output()
+            .expect("spawn");
         assert!(out.status.success(), "{sub} --help");
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("Usage"),

@@ -1035,3 +1035,70 @@ async fn libpq_direct_tls_with_psycopg() {
         format!("{PG_BACKEND_USER} True True")
     );
 }
+
+/// `portcullis bench postgres` through the proxy, compared with a direct
+/// session as the backend role, then `--connect-only` (TLS + SCRAM each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_harness_loads_the_proxy_and_the_direct_server() {
+    let p = proxy().await;
+    let pg = cluster();
+    let ca = p.ca.display().to_string();
+    let through = format!(
+        "host=localhost port={} user={APP_USER} password={APP_PASSWORD} dbname={PG_APP_DB} sslmode=verify-full sslrootcert={ca}",
+        p.addr.port()
+    );
+    let direct = format!(
+        "host=localhost port={} user={PG_BACKEND_USER} password={PG_BACKEND_PASSWORD} dbname={PG_APP_DB} sslmode=verify-full sslrootcert={}",
+        pg.port,
+        pg.ca_cert.display()
+    );
+    let bench = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let out = common::run(
+                std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                    .args(["bench", "postgres", "--json"])
+                    .args(&args),
+            );
+            serde_json::from_str::<serde_json::Value>(&out).expect("one JSON object")
+        })
+    };
+    let j = bench(vec![
+        "--dsn".into(),
+        through.clone(),
+        "--compare-dsn".into(),
+        direct,
+        "--clients".into(),
+        "2".into(),
+        "--duration".into(),
+        "1s".into(),
+        "--rounds".into(),
+        "2".into(),
+        "--query".into(),
+        "SELECT current_user::text".into(),
+    ])
+    .await
+    .expect("join");
+    for r in j["results"].as_array().expect("results") {
+        assert!(r["completed"].as_u64().expect("completed") > 10, "{r}");
+        assert_eq!(r["error_total"], 0, "{r}");
+    }
+    assert_eq!(j["results"].as_array().map(Vec::len), Some(2));
+    let before = backend_logins(PG_BACKEND_USER);
+    let j = bench(vec![
+        "--dsn".into(),
+        through,
+        "--connect-only".into(),
+        "--clients".into(),
+        "2".into(),
+        "--duration".into(),
+        "500ms".into(),
+    ])
+    .await
+    .expect("join");
+    let r = &j["results"][0];
+    let sessions = r["completed"].as_u64().expect("completed");
+    assert!(sessions > 2, "{r}");
+    assert_eq!(r["error_total"], 0, "{r}");
+    // Each measured session was a real login at the proxy and a backend session.
+    assert!(backend_logins(PG_BACKEND_USER) >= before + sessions as usize);
+}
