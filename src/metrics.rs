@@ -41,6 +41,10 @@ pub struct Metrics {
     pub session_seconds: HistogramVec,
     /// Accept errors (EMFILE …), by listener.
     pub accept_errors: IntCounterVec,
+    /// Idle logged-in backend sessions kept for reuse, by backend.
+    pub pool_idle: IntGaugeVec,
+    /// What happened to backend sessions at the pool, by backend and event.
+    pub pool_events: IntCounterVec,
     /// 1 while the process runs; carries the version label.
     pub build_info: IntGauge,
 }
@@ -87,6 +91,16 @@ impl Metrics {
         r.register(Box::new(build_info.clone()))
             .expect("metric registered once");
         build_info.set(1);
+        let pool_idle = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_backend_pool_idle",
+                "Idle logged-in backend sessions kept for reuse.",
+            ),
+            &["backend"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(pool_idle.clone()))
+            .expect("metric registered once");
         Metrics {
             connections_accepted: counter(
                 &r,
@@ -161,9 +175,22 @@ impl Metrics {
                 "Errors from accept() (EMFILE, ECONNABORTED …).",
                 &["listener"],
             ),
+            pool_idle,
+            pool_events: counter(
+                &r,
+                "portcullis_backend_pool_events_total",
+                "Backend sessions at the pool: reused, new (none idle), kept, discarded \
+                 (left dirty), reset_failed, dead (closed while idle), expired, evicted, full.",
+                &["backend", "event"],
+            ),
             build_info,
             registry: r,
         }
+    }
+
+    /// Counts a pool event for `backend`.
+    pub fn pool_event(&self, backend: &str, event: &'static str) {
+        self.pool_events.with_label_values(&[backend, event]).inc();
     }
 
     /// Prometheus text exposition of every metric.

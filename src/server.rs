@@ -29,6 +29,9 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// After the grace period, how long closed sessions get to finish unwinding.
 const FORCE_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// How often idle backend sessions are checked for expiry.
+const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Startup failed.
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -65,6 +68,8 @@ pub struct Context {
     pub guards: Arc<Guards>,
     /// The users after each reload, and what to do with removed users' sessions.
     pub reloads: tokio::sync::watch::Receiver<UsersEpoch>,
+    /// Idle logged-in sessions of the listener's backend (PostgreSQL listeners).
+    pub pg_pool: Option<Arc<crate::postgres::pool::Pool>>,
 }
 
 /// What a reload tells live sessions.
@@ -173,8 +178,40 @@ pub struct Reloader {
     auth_permits: Arc<Semaphore>,
     close: CancellationToken,
     cancels: Arc<CancelRegistry>,
+    pg_pools: Arc<crate::postgres::pool::Registry>,
     epochs: tokio::sync::watch::Sender<UsersEpoch>,
     lock: std::sync::Mutex<()>,
+}
+
+/// What pooled sessions depend on: a backend whose address, TLS, pool settings
+/// or credentials change gets a new pool (the password enters only as a hash,
+/// and the fingerprint is only ever compared).
+fn pool_fingerprint(b: &crate::config::Backend) -> String {
+    use sha2::Digest;
+    let password = sha2::Sha256::digest(b.credential.password.expose());
+    format!(
+        "{}|{:?}|{:?}|{:?}|{:?}|{password:x}",
+        b.address,
+        b.tls_mode,
+        b.tls.as_ref().map(|t| &t.server_name),
+        b.pool,
+        b.credential.user,
+    )
+}
+
+/// Closes expired idle PostgreSQL sessions and updates the pool gauges.
+fn sweep_pools(pools: &crate::postgres::pool::Registry, metrics: &Metrics) {
+    let now = Instant::now();
+    for (name, pool) in pools.all() {
+        for idle in pool.sweep(now) {
+            metrics.pool_event(&name, "expired");
+            tokio::spawn(crate::postgres::pool::close(idle, FORCE_CLOSE_WAIT));
+        }
+        metrics
+            .pool_idle
+            .with_label_values(&[&name])
+            .set(pool.idle() as i64);
+    }
 }
 
 impl std::fmt::Debug for Reloader {
@@ -207,6 +244,13 @@ impl Reloader {
             cancels: self.cancels.clone(),
             guards: guards.clone(),
             reloads: self.epochs.subscribe(),
+            pg_pool: (l.backend.protocol == Protocol::Postgres).then(|| {
+                self.pg_pools.get(
+                    &l.backend.name,
+                    pool_fingerprint(&l.backend),
+                    l.backend.pool,
+                )
+            }),
         }
     }
 
@@ -239,6 +283,9 @@ impl Reloader {
         }
         self.guards.store(guards);
         self.backends.store(Arc::new(config.backends.clone()));
+        let names: std::collections::HashSet<&str> =
+            config.backends.iter().map(|b| b.name.as_str()).collect();
+        self.pg_pools.retain(&names);
         // Live sessions look at the new user table (and close if so configured).
         let _ = self.epochs.send(UsersEpoch {
             users: config.users.clone(),
@@ -321,6 +368,7 @@ pub async fn start_from(
     let auth_permits = Arc::new(Semaphore::new(config.limits.max_concurrent_auth));
     let cancels = Arc::new(CancelRegistry::new());
     let guards = Arc::new(Guards::new(&config));
+    let pg_pools = Arc::new(crate::postgres::pool::Registry::default());
     for w in &config.warnings {
         warn!(event = "config_warning", "{w}");
     }
@@ -354,6 +402,7 @@ pub async fn start_from(
         auth_permits,
         close: close.clone(),
         cancels,
+        pg_pools: pg_pools.clone(),
         epochs: tokio::sync::watch::Sender::new(UsersEpoch {
             users: config.users.clone(),
             removed: config.removed_user_sessions,
@@ -370,14 +419,17 @@ pub async fn start_from(
     }
     let reloader = Arc::new(reloader);
     {
-        // Keyed limiters and tables shrink back as keys go quiet.
+        // Keyed limiters and tables shrink back as keys go quiet; idle
+        // backend sessions close when they expire.
         let reloader = reloader.clone();
         let stop = shutdown.stop_accepting.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+            let mut pool_tick = tokio::time::interval(POOL_SWEEP_INTERVAL);
             loop {
                 tokio::select! {
                     _ = tick.tick() => reloader.guards.load().maintain(),
+                    _ = pool_tick.tick() => sweep_pools(&reloader.pg_pools, &reloader.metrics),
                     _ = stop.cancelled() => return,
                 }
             }
@@ -440,6 +492,14 @@ pub async fn start_from(
             close.cancel();
             let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, tracker.wait()).await;
         }
+        // Every session has ended: the pooled backend sessions go too.
+        let mut closing = tokio::task::JoinSet::new();
+        for (_, pool) in pg_pools.all() {
+            for s in pool.drain() {
+                closing.spawn(crate::postgres::pool::close(s, FORCE_CLOSE_WAIT));
+            }
+        }
+        while closing.join_next().await.is_some() {}
         info!(event = "stopped");
     });
     Ok(Running {

@@ -51,6 +51,8 @@ struct Opts {
     backend_user: &'static str,
     backend_password: String,
     listener_extra: &'static str,
+    /// Lines after `[backend.tls]` (e.g. a `[backend.pool]` table).
+    backend_extra: &'static str,
 }
 
 impl Default for Opts {
@@ -62,6 +64,7 @@ impl Default for Opts {
             backend_user: PG_BACKEND_USER,
             backend_password: PG_BACKEND_PASSWORD.into(),
             listener_extra: "",
+            backend_extra: "",
         }
     }
 }
@@ -87,6 +90,7 @@ password = "{backend_password}"
 mode = "{backend_tls}"
 ca = {ca:?}
 server_name = "localhost"
+{backend_extra}
 
 [[listener]]
 name = "pg"
@@ -120,6 +124,7 @@ databases = ["{PG_APP_DB}"]
         key = c.server_key,
         tls_mode = opts.tls_mode,
         listener_extra = opts.listener_extra,
+        backend_extra = opts.backend_extra,
         app_verifier = common::verifier(APP_PASSWORD),
         limited_verifier = common::verifier(LIMITED_PASSWORD),
     );
@@ -1099,6 +1104,315 @@ async fn the_bench_harness_loads_the_proxy_and_the_direct_server() {
     let sessions = r["completed"].as_u64().expect("completed");
     assert!(sessions > 2, "{r}");
     assert_eq!(r["error_total"], 0, "{r}");
-    // Each measured session was a real login at the proxy and a backend session.
-    assert!(backend_logins(PG_BACKEND_USER) >= before + sessions as usize);
+    // Each session logged in at the proxy; the backend sessions were reused.
+    let logins = backend_logins(PG_BACKEND_USER) - before;
+    assert!(logins < sessions as usize, "{logins} logins for {sessions}");
+    let m = p.metrics();
+    assert!(m.contains("event=\"reused\""), "{m}");
+}
+
+/// The value of one pool event counter of the `pg` backend.
+fn pool_events(p: &PgProxy, event: &str) -> u64 {
+    let needle =
+        format!("portcullis_backend_pool_events_total{{backend=\"pg\",event=\"{event}\"}} ");
+    p.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0, |v| v.trim().parse().expect("counter"))
+}
+
+/// Waits until the pool has handled `n` sessions the clients left (kept or not).
+async fn wait_pool_event(p: &PgProxy, event: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool_events(p, event) < n {
+        assert!(
+            Instant::now() < deadline,
+            "no {event} pool event: {}",
+            p.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0)
+}
+
+/// One integer from a simple query (no protocol-level statement of its own).
+async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    let rows = c.simple_query(sql).await.expect(sql);
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().expect("int")),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// Whether a backend process is still there, seen from a separate session.
+fn backend_alive(pid: i32) -> bool {
+    cluster()
+        .psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+        ))
+        .trim()
+        == "1"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_session_is_reset_and_reused() {
+    let p = proxy().await;
+    let c = p.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+    let pid = backend_pid(&c).await;
+    c.batch_execute(
+        "SET statement_timeout = '12345s'; SET TimeZone = 'Pacific/Auckland';
+         CREATE TEMP TABLE scratch (x int); PREPARE stmt AS SELECT 1;
+         LISTEN pool_test; SELECT pg_advisory_lock(4711);",
+    )
+    .await
+    .expect("session state");
+    c.prepare("SELECT 2")
+        .await
+        .expect("protocol-level statement");
+    drop(c);
+    wait_pool_event(&p, "kept", 1).await;
+
+    let c = p.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+    assert_eq!(
+        backend_pid(&c).await,
+        pid,
+        "the idle session was not reused"
+    );
+    let show = |name: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(&format!("SHOW {name}"), &[])
+                .await
+                .expect("show")
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(show("statement_timeout").await, "0");
+    assert_ne!(show("TimeZone").await, "Pacific/Auckland");
+    for (what, sql) in [
+        (
+            "temp table",
+            "SELECT count(*) FROM pg_class WHERE relname = 'scratch' AND relpersistence = 't'",
+        ),
+        (
+            "prepared statements",
+            "SELECT count(*) FROM pg_prepared_statements",
+        ),
+        ("LISTEN", "SELECT count(*) FROM pg_listening_channels()"),
+        (
+            "advisory lock",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        ),
+    ] {
+        assert_eq!(count(&c, sql).await, 0, "{what} survived the reset");
+    }
+    assert_eq!(pool_events(&p, "reused"), 1);
+    // The reused session is a whole session: queries, cancel keys, extended protocol.
+    let stmt = c.prepare("SELECT $1::int * 2").await.expect("prepare");
+    let row = c.query_one(&stmt, &[&21i32]).await.expect("query");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let cancel = c.cancel_token();
+    let slow = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel
+        .cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(
+            rustls_config(&p.ca),
+        ))
+        .await
+        .expect("cancel");
+    let err = slow.await.expect("join").expect_err("cancelled");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err}");
+}
+
+/// A raw session through the proxy, logged in as the app user.
+async fn raw_session(p: &PgProxy) -> Raw {
+    let mut raw = Raw::plain(p.addr).await;
+    raw.send(&SSL_REQUEST).await;
+    assert_eq!(raw.byte().await, b'S');
+    let mut raw = raw.upgrade(&p.ca, None).await;
+    raw.send(&startup(
+        196_608,
+        &[("user", APP_USER), ("database", PG_APP_DB)],
+    ))
+    .await;
+    raw_scram_login(&mut raw, APP_PASSWORD).await;
+    raw
+}
+
+/// A frontend message: tag, length, body.
+fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Runs a simple query returning one integer and reads up to ReadyForQuery.
+async fn raw_int(raw: &mut Raw, sql: &str) -> i64 {
+    raw.send(&portcullis::postgres::messages::query(sql)).await;
+    let mut value = None;
+    loop {
+        let m = raw.message().await;
+        match m.tag {
+            b'D' => {
+                let len = u32::from_be_bytes([m.body[2], m.body[3], m.body[4], m.body[5]]) as usize;
+                let text = std::str::from_utf8(&m.body[6..6 + len]).expect("text");
+                value = Some(text.parse().expect("integer"));
+            }
+            b'Z' => return value.expect("a row"),
+            b'E' => panic!("{sql}: {:?}", m),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_left_dirty_are_closed_not_reused() {
+    let p = proxy().await;
+    let mut dirty = Vec::new();
+    // Left inside a transaction (Terminate sent).
+    let c = p.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+    dirty.push(backend_pid(&c).await);
+    c.batch_execute("BEGIN; CREATE TEMP TABLE t (x int)")
+        .await
+        .expect("begin");
+    drop(c);
+    wait_pool_event(&p, "discarded", 1).await;
+    // Gone while a query was running: its answer was never read.
+    let mut raw = raw_session(&p).await;
+    dirty.push(raw_int(&mut raw, "SELECT pg_backend_pid()").await as i32);
+    raw.send(&portcullis::postgres::messages::query(
+        "SELECT pg_sleep(0.5)",
+    ))
+    .await;
+    drop(raw);
+    wait_pool_event(&p, "discarded", 2).await;
+    // An extended-protocol batch without its Sync (executed, never synced).
+    let mut raw = raw_session(&p).await;
+    dirty.push(raw_int(&mut raw, "SELECT pg_backend_pid()").await as i32);
+    let mut batch = frame(b'P', b"\0SELECT 1\0\0\0");
+    batch.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(frame(b'E', b"\0\0\0\0\0"));
+    batch.extend(frame(b'H', b""));
+    raw.send(&batch).await;
+    while raw.message().await.tag != b'C' {}
+    raw.send(&frame(b'X', b"")).await;
+    assert!(raw.closed().await);
+    wait_pool_event(&p, "discarded", 3).await;
+
+    let c = p.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+    let pid = backend_pid(&c).await;
+    assert!(!dirty.contains(&pid), "a dirty session was reused");
+    assert_eq!(pool_events(&p, "reused"), 0);
+    for old in dirty {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while backend_alive(old) {
+            assert!(Instant::now() < deadline, "backend {old} still open");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A clean raw session (Terminate after ReadyForQuery) is kept.
+    let mut raw = raw_session(&p).await;
+    raw_int(&mut raw, "SELECT 1").await;
+    raw.send(&frame(b'X', b"")).await;
+    assert!(raw.closed().await);
+    wait_pool_event(&p, "kept", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_session_the_server_closed_is_not_handed_out() {
+    let p = proxy().await;
+    let c = p.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+    let pid = backend_pid(&c).await;
+    drop(c);
+    wait_pool_event(&p, "kept", 1).await;
+    cluster().psql(&format!("SELECT pg_terminate_backend({pid})"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = p.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+    assert_ne!(backend_pid(&c).await, pid);
+    assert_eq!(count(&c, "SELECT 7::bigint").await, 7);
+    assert_eq!(pool_events(&p, "dead"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_parameters_get_different_sessions() {
+    let p = proxy().await;
+    let connect = |app: &'static str| {
+        let mut config = pg_config(
+            "localhost",
+            p.addr.port(),
+            APP_USER,
+            APP_PASSWORD,
+            PG_APP_DB,
+        );
+        config.application_name(app);
+        let ca = p.ca.clone();
+        async move { connect(&config, &ca).await.expect("connect") }
+    };
+    let a = connect("first").await;
+    let pid_a = backend_pid(&a).await;
+    drop(a);
+    wait_pool_event(&p, "kept", 1).await;
+    let b = connect("second").await;
+    assert_ne!(backend_pid(&b).await, pid_a);
+    let name: String = b
+        .query_one("SHOW application_name", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(name, "second");
+    drop(b);
+    wait_pool_event(&p, "kept", 2).await;
+    let a = connect("first").await;
+    assert_eq!(backend_pid(&a).await, pid_a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_expire_and_reuse_can_be_turned_off() {
+    let p = proxy_with(Opts {
+        backend_extra: "[backend.pool]\nidle_timeout = \"300ms\"",
+        ..Opts::default()
+    })
+    .await;
+    let c = p.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+    let pid = backend_pid(&c).await;
+    drop(c);
+    wait_pool_event(&p, "kept", 1).await;
+    wait_pool_event(&p, "expired", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend_alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "expired session {pid} still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let off = proxy_with(Opts {
+        backend_extra: "[backend.pool]\nsize = 0",
+        ..Opts::default()
+    })
+    .await;
+    let c = off.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+    let first = backend_pid(&c).await;
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend_alive(first) {
+        assert!(
+            Instant::now() < deadline,
+            "session {first} kept with pooling off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = off.client(APP_USER, APP_PASSWORD, PG_APP_DB).await;
+    assert_ne!(backend_pid(&c).await, first);
+    assert!(!off.metrics().contains("event=\"kept\""));
 }

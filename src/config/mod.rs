@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::auth::scram::ScramVerifier;
 use crate::auth::secret::Secret;
 use crate::auth::{Credential, User, Users};
+use crate::pool::PoolConfig;
 use crate::redis::policy::{CommandPolicy, DEFAULT_RULES};
 use crate::tls::{self, ClientCertMode};
 
@@ -325,10 +326,69 @@ struct RawBackend {
     connect_timeout: Duration,
     #[serde(default)]
     tls: RawClientTls,
+    #[serde(default)]
+    pool: RawPool,
 }
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(3)
+}
+
+/// `[backend.pool]`: logged-in backend sessions kept for reuse.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    #[serde(default = "default_pool_size")]
+    size: usize,
+    #[serde(default = "default_pool_max_idle")]
+    max_idle: usize,
+    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
+    #[serde(default = "default_pool_max_lifetime", with = "humantime_serde")]
+    max_lifetime: Duration,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        RawPool {
+            size: default_pool_size(),
+            max_idle: default_pool_max_idle(),
+            idle_timeout: default_pool_idle_timeout(),
+            max_lifetime: default_pool_max_lifetime(),
+        }
+    }
+}
+
+/// PgBouncer's `default_pool_size`.
+fn default_pool_size() -> usize {
+    20
+}
+
+fn default_pool_max_idle() -> usize {
+    100
+}
+
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// PgBouncer's `server_lifetime`.
+fn default_pool_max_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl RawPool {
+    fn validate(self, key: &str) -> Result<PoolConfig, ConfigError> {
+        if self.size == 0 || self.max_idle == 0 {
+            return Ok(PoolConfig::OFF);
+        }
+        Ok(PoolConfig {
+            per_key: self.size,
+            total: self.max_idle.max(self.size),
+            idle_timeout: positive(self.idle_timeout, &format!("{key}.pool.idle_timeout"))?,
+            max_lifetime: positive(self.max_lifetime, &format!("{key}.pool.max_lifetime"))?,
+        })
+    }
 }
 
 /// TLS towards a backend.
@@ -527,6 +587,8 @@ pub struct Backend {
     pub tls_mode: BackendTlsMode,
     /// TLS, if enabled.
     pub tls: Option<BackendTls>,
+    /// Logged-in sessions kept for reuse.
+    pub pool: PoolConfig,
 }
 
 impl Config {
@@ -879,6 +941,7 @@ impl Ctx<'_> {
             credential: Credential::new(b.user, password),
             connect_timeout: positive(b.connect_timeout, &format!("{key}.connect_timeout"))?,
             tls,
+            pool: b.pool.validate(key)?,
         })
     }
 

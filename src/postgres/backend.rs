@@ -28,6 +28,11 @@ const MAX_GREETING: usize = 64 * 1024;
 /// Startup parameters that are the proxy's to set, never the client's.
 const RESERVED_PARAMS: &[&str] = &["user", "database", "replication"];
 
+/// Whether a client's startup parameter is passed on to the backend.
+pub fn forwarded_param(name: &str) -> bool {
+    !RESERVED_PARAMS.contains(&name) && !name.starts_with("_pq_.")
+}
+
 /// A logged-in backend session, ready for queries.
 pub struct Session {
     /// The stream.
@@ -161,7 +166,7 @@ async fn connect_inner(
     let user = cred.user.as_deref().unwrap_or("postgres");
     let mut params: Vec<(&str, &str)> = vec![("user", user), ("database", database)];
     for (k, v) in client_params {
-        if !RESERVED_PARAMS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
+        if forwarded_param(k) {
             params.push((k, v));
         }
     }

@@ -126,6 +126,16 @@ pub fn startup_message(params: &[(&str, &str)]) -> Bytes {
     out.freeze()
 }
 
+/// A simple `Query`.
+pub fn query(sql: &str) -> Bytes {
+    message(b'Q', |b| put_cstr(b, sql.as_bytes()))
+}
+
+/// `Terminate`.
+pub fn terminate() -> Bytes {
+    Bytes::from_static(&[b'X', 0, 0, 0, 4])
+}
+
 /// `SSLRequest`.
 pub fn ssl_request() -> Bytes {
     Bytes::from_static(&[0, 0, 0, 8, 4, 210, 22, 47])

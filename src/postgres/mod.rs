@@ -4,4 +4,5 @@ pub mod backend;
 pub mod cancel;
 pub mod codec;
 pub mod messages;
+pub mod pool;
 pub mod session;

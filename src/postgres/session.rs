@@ -28,6 +28,7 @@ use super::codec::{
     MAX_AUTH_MESSAGE,
 };
 use super::messages::{self, Severity};
+use super::pool;
 use crate::auth::scram::{Mechanism, ScramError, ScramFault};
 use crate::auth::scram_server::{ChannelBinding, ScramServer};
 use crate::auth::{AuthFailure, Identity};
@@ -39,6 +40,7 @@ use crate::limits::rate::Rate;
 use crate::limits::Action;
 use crate::logging::escape;
 use crate::outbox::Outbox;
+use crate::pool::Put;
 use crate::server::Context;
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
 
@@ -177,41 +179,71 @@ async fn run(
             }
         };
 
-    // Phase 4: the backend, only now.
+    // Phase 4: the backend, only now: an idle pooled session for the same
+    // role, database and parameters if there is one, else a new login.
     let backend = ctx.listener.backend.clone();
     let cred = identity.backend_credential(&backend.credential).clone();
-    let session = match backend::connect(
-        &backend,
-        &cred,
-        &database,
-        &startup.params,
-        ctx.metrics.all(),
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(LoginError::Passed(raw, fields)) => {
-            ctx.metrics.refused("backend_refused");
-            let _ = conn.send(&raw).await;
-            return Err(SessionError::ClientProtocol(format!(
-                "backend refused the session: {}",
-                escape(fields.code.as_bytes())
-            )));
-        }
-        Err(LoginError::Failed(e)) => {
-            info!(event = "backend_unavailable", listener = %ctx.listener.name, backend = %backend.name, error = %e);
-            let text = "could not connect to the server";
-            let _ = fatal(
-                ctx,
-                &mut conn,
-                sqlstate::CONNECTION_FAILURE,
-                text,
-                "backend_unavailable",
-            )
-            .await;
-            return Err(e.into());
-        }
+    let pooling = ctx
+        .pg_pool
+        .as_ref()
+        .filter(|p| p.config().enabled())
+        .map(|p| {
+            let role = cred.user.as_deref().unwrap_or("postgres");
+            (p.clone(), pool::Key::new(role, &database, &startup.params))
+        });
+    let pooled = pooling.as_ref().and_then(|(p, key)| checkout(ctx, p, key));
+    let (session, born) = match pooled {
+        Some((idle, born)) => (
+            backend::Session {
+                stream: idle.stream,
+                greeting: idle.params,
+                key: idle.key,
+                ready: Bytes::from_static(&[b'Z', 0, 0, 0, 5, b'I']),
+                leftover: BytesMut::new(),
+            },
+            born,
+        ),
+        None => match backend::connect(
+            &backend,
+            &cred,
+            &database,
+            &startup.params,
+            ctx.metrics.all(),
+        )
+        .await
+        {
+            Ok(s) => (s, std::time::Instant::now()),
+            Err(LoginError::Passed(raw, fields)) => {
+                ctx.metrics.refused("backend_refused");
+                let _ = conn.send(&raw).await;
+                return Err(SessionError::ClientProtocol(format!(
+                    "backend refused the session: {}",
+                    escape(fields.code.as_bytes())
+                )));
+            }
+            Err(LoginError::Failed(e)) => {
+                info!(event = "backend_unavailable", listener = %ctx.listener.name, backend = %backend.name, error = %e);
+                let text = "could not connect to the server";
+                let _ = fatal(
+                    ctx,
+                    &mut conn,
+                    sqlstate::CONNECTION_FAILURE,
+                    text,
+                    "backend_unavailable",
+                )
+                .await;
+                return Err(e.into());
+            }
+        },
     };
+    // What a later client is told about this session if it is pooled.
+    let params: Vec<Bytes> = session
+        .greeting
+        .iter()
+        .filter(|m| m.first() == Some(&b'S'))
+        .cloned()
+        .collect();
+    let backend_key = session.key.clone();
     let registration = session.key.as_ref().map(|(pid, secret)| {
         ctx.cancels.register(CancelTarget {
             backend: backend.clone(),
@@ -233,7 +265,7 @@ async fn run(
     let max = ctx.listener.postgres.max_message_size;
     let (crd, cwr) = tokio::io::split(conn.stream);
     let (brd, bwr) = tokio::io::split(session.stream);
-    let relay = Relay {
+    let mut relay = Relay {
         ctx,
         max,
         crd,
@@ -264,10 +296,108 @@ async fn run(
         owed: VecDeque::new(),
         reloads: ctx.reloads.clone(),
         identity: identity.clone(),
+        pooling: pooling.is_some(),
+        unsynced: false,
     };
     let result = relay.run().await;
     drop(registration);
+    let reusable = result.is_ok() && relay.reusable();
+    let Relay {
+        brd,
+        bwr,
+        admission,
+        ..
+    } = relay;
+    // The client is gone: its permits go now, not after the reset.
+    drop(admission);
+    if let Some((pool, key)) = pooling {
+        let idle = pool::Idle {
+            stream: brd.unsplit(bwr),
+            params,
+            key: backend_key,
+        };
+        if reusable {
+            give_back(ctx, &pool, key, idle, born).await;
+        } else {
+            ctx.metrics.all().pool_event(&backend.name, "discarded");
+            pool::close(idle, POOL_CLOSE_WAIT).await;
+        }
+    }
     result
+}
+
+/// How long closing a backend session politely may take.
+const POOL_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The most recently used idle session for `key` that is still open.
+fn checkout(
+    ctx: &Context,
+    pool: &pool::Pool,
+    key: &pool::Key,
+) -> Option<(pool::Idle, std::time::Instant)> {
+    let name = &ctx.listener.backend.name;
+    let metrics = ctx.metrics.all();
+    let found = loop {
+        let (taken, expired) = pool.take(key, std::time::Instant::now());
+        for e in expired {
+            metrics.pool_event(name, "expired");
+            tokio::spawn(pool::close(e, POOL_CLOSE_WAIT));
+        }
+        let Some(mut t) = taken else {
+            metrics.pool_event(name, "new");
+            break None;
+        };
+        if pool::looks_alive(&mut t.conn.stream) {
+            metrics.pool_event(name, "reused");
+            break Some((t.conn, t.born));
+        }
+        metrics.pool_event(name, "dead");
+    };
+    metrics
+        .pool_idle
+        .with_label_values(&[name])
+        .set(pool.idle() as i64);
+    found
+}
+
+/// Resets a session the client left clean and keeps it, or closes it.
+async fn give_back(
+    ctx: &Context,
+    pool: &pool::Pool,
+    key: pool::Key,
+    mut idle: pool::Idle,
+    born: std::time::Instant,
+) {
+    let backend = &ctx.listener.backend;
+    let metrics = ctx.metrics.all();
+    if born.elapsed() >= pool.config().max_lifetime {
+        metrics.pool_event(&backend.name, "expired");
+        pool::close(idle, POOL_CLOSE_WAIT).await;
+        return;
+    }
+    if let Err(e) = pool::reset(&mut idle, backend.connect_timeout).await {
+        debug!(event = "pool_reset_failed", backend = %backend.name, error = ?e);
+        metrics.pool_event(&backend.name, "reset_failed");
+        pool::close(idle, POOL_CLOSE_WAIT).await;
+        return;
+    }
+    match pool.put(key, idle, born, std::time::Instant::now()) {
+        Put::Kept(displaced) => {
+            metrics.pool_event(&backend.name, "kept");
+            for d in displaced {
+                metrics.pool_event(&backend.name, "evicted");
+                tokio::spawn(pool::close(d, POOL_CLOSE_WAIT));
+            }
+        }
+        Put::Refused(idle) => {
+            metrics.pool_event(&backend.name, "full");
+            pool::close(idle, POOL_CLOSE_WAIT).await;
+        }
+    }
+    metrics
+        .pool_idle
+        .with_label_values(&[&backend.name])
+        .set(pool.idle() as i64);
 }
 
 /// Phase 1: the first packet(s), TLS, and cancel requests.
@@ -889,6 +1019,10 @@ struct Relay<'a> {
     reloads: tokio::sync::watch::Receiver<crate::server::UsersEpoch>,
     /// Who the session runs as.
     identity: Identity,
+    /// The backend session may be reused: Terminate is not forwarded.
+    pooling: bool,
+    /// Extended-protocol messages went to the backend after the last Sync.
+    unsynced: bool,
 }
 
 /// An error the proxy writes itself, in the place PostgreSQL would have put it.
@@ -901,7 +1035,23 @@ enum Owed {
 }
 
 impl Relay<'_> {
-    async fn run(mut self) -> Result<(), SessionError> {
+    /// Whether the backend session is as a new one would be, up to what
+    /// `DISCARD ALL` resets: every answer read, idle outside a transaction,
+    /// no message half-sent, no extended-protocol batch left without Sync.
+    fn reusable(&self) -> bool {
+        self.pooling
+            && self.ready_seen == self.ready_owed
+            && self.status == b'I'
+            && !self.unsynced
+            && !self.skipping
+            && self.owed.is_empty()
+            && self.client_framer.at_boundary()
+            && self.backend_framer.at_boundary()
+            && self.backend_in.is_empty()
+            && !self.to_backend.wants_write()
+    }
+
+    async fn run(&mut self) -> Result<(), SessionError> {
         loop {
             if let Err(e) = self.pump_client() {
                 if self.backend_framer.at_boundary() {
@@ -919,7 +1069,9 @@ impl Relay<'_> {
             self.pump_backend()
                 .map_err(|e| SessionError::Backend(BackendError::Protocol(e.to_string())))?;
             if self.terminating && !self.to_backend.wants_write() {
-                let _ = self.bwr.shutdown().await;
+                if !self.pooling {
+                    let _ = self.bwr.shutdown().await;
+                }
                 self.flush_client().await;
                 return Ok(());
             }
@@ -1071,6 +1223,13 @@ impl Relay<'_> {
                         }
                     }
                     self.dropping = refuse || self.skipping;
+                    if !self.dropping {
+                        match tag {
+                            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
+                            b'S' | b'Q' => self.unsynced = false,
+                            _ => {}
+                        }
+                    }
                     if self.skipping && tag == b'S' {
                         self.skipping = false;
                         self.dropping = false;
@@ -1079,6 +1238,10 @@ impl Relay<'_> {
                     }
                     if !self.dropping && matches!(tag, b'Q' | b'S' | b'F') {
                         self.ready_owed += 1;
+                    }
+                    if tag == b'X' && self.pooling {
+                        // The session outlives the client: the pool says goodbye.
+                        self.dropping = true;
                     }
                     (take, !self.dropping)
                 }
