@@ -1,13 +1,27 @@
 //! Idle, logged-in backend sessions kept for the next client with the same
-//! key. Pure bookkeeping: the gateways decide what a key is, when a session is
-//! clean enough to keep, and how to reset it; this module only bounds how many
-//! are kept and for how long. Expired and evicted sessions are handed back to
-//! the caller to drop outside the lock (dropping one closes its socket).
+//! key. Bookkeeping only: the gateways decide what a key is, when a session is
+//! clean enough to keep, and how to reset it; this module bounds how many are
+//! kept and for how long, and checks without waiting that an idle stream is
+//! still quiet. Expired and evicted sessions are handed back to the caller to
+//! close outside the lock.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// An idle session has nothing to say: a readable stream means the server
+/// closed it or sent something (a shutdown notice). Never waits.
+pub fn is_quiet<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
+}
 
 /// How many idle sessions are kept, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -70,6 +70,8 @@ pub struct Context {
     pub reloads: tokio::sync::watch::Receiver<UsersEpoch>,
     /// Idle logged-in sessions of the listener's backend (PostgreSQL listeners).
     pub pg_pool: Option<Arc<crate::postgres::pool::Pool>>,
+    /// Idle logged-in connections of the listener's backend (Redis listeners).
+    pub redis_pool: Option<Arc<crate::redis::pool::Pool>>,
 }
 
 /// What a reload tells live sessions.
@@ -178,7 +180,7 @@ pub struct Reloader {
     auth_permits: Arc<Semaphore>,
     close: CancellationToken,
     cancels: Arc<CancelRegistry>,
-    pg_pools: Arc<crate::postgres::pool::Registry>,
+    pools: Arc<Pools>,
     epochs: tokio::sync::watch::Sender<UsersEpoch>,
     lock: std::sync::Mutex<()>,
 }
@@ -199,18 +201,58 @@ fn pool_fingerprint(b: &crate::config::Backend) -> String {
     )
 }
 
-/// Closes expired idle PostgreSQL sessions and updates the pool gauges.
-fn sweep_pools(pools: &crate::postgres::pool::Registry, metrics: &Metrics) {
-    let now = Instant::now();
-    for (name, pool) in pools.all() {
-        for idle in pool.sweep(now) {
-            metrics.pool_event(&name, "expired");
-            tokio::spawn(crate::postgres::pool::close(idle, FORCE_CLOSE_WAIT));
+/// Idle backend sessions of every backend, by protocol.
+#[derive(Debug, Default)]
+struct Pools {
+    pg: crate::postgres::pool::Registry,
+    redis: crate::redis::pool::Registry,
+}
+
+impl Pools {
+    fn retain(&self, names: &std::collections::HashSet<&str>) {
+        self.pg.retain(names);
+        self.redis.retain(names);
+    }
+
+    /// Closes expired idle sessions and updates the pool gauges.
+    fn sweep(&self, metrics: &Metrics) {
+        let now = Instant::now();
+        let gauge = |name: &str, idle: usize| {
+            metrics
+                .pool_idle
+                .with_label_values(&[name])
+                .set(idle as i64);
+        };
+        for (name, pool) in self.pg.all() {
+            for idle in pool.sweep(now) {
+                metrics.pool_event(&name, "expired");
+                tokio::spawn(crate::postgres::pool::close(idle, FORCE_CLOSE_WAIT));
+            }
+            gauge(&name, pool.idle());
         }
-        metrics
-            .pool_idle
-            .with_label_values(&[&name])
-            .set(pool.idle() as i64);
+        for (name, pool) in self.redis.all() {
+            for idle in pool.sweep(now) {
+                metrics.pool_event(&name, "expired");
+                tokio::spawn(crate::redis::pool::close(idle, FORCE_CLOSE_WAIT));
+            }
+            gauge(&name, pool.idle());
+        }
+    }
+
+    /// Closes every idle session (shutdown, after every client session ended).
+    async fn close_all(&self) {
+        let mut closing = tokio::task::JoinSet::new();
+        for (_, pool) in self.pg.all() {
+            for s in pool.drain() {
+                closing.spawn(crate::postgres::pool::close(s, FORCE_CLOSE_WAIT));
+            }
+        }
+        for (_, pool) in self.redis.all() {
+            for s in pool.drain() {
+                closing.spawn(crate::redis::pool::close(s, FORCE_CLOSE_WAIT));
+            }
+        }
+        while closing.join_next().await.is_some() {}
     }
 }
 
@@ -245,7 +287,14 @@ impl Reloader {
             guards: guards.clone(),
             reloads: self.epochs.subscribe(),
             pg_pool: (l.backend.protocol == Protocol::Postgres).then(|| {
-                self.pg_pools.get(
+                self.pools.pg.get(
+                    &l.backend.name,
+                    pool_fingerprint(&l.backend),
+                    l.backend.pool,
+                )
+            }),
+            redis_pool: (l.backend.protocol == Protocol::Redis).then(|| {
+                self.pools.redis.get(
                     &l.backend.name,
                     pool_fingerprint(&l.backend),
                     l.backend.pool,
@@ -285,7 +334,7 @@ impl Reloader {
         self.backends.store(Arc::new(config.backends.clone()));
         let names: std::collections::HashSet<&str> =
             config.backends.iter().map(|b| b.name.as_str()).collect();
-        self.pg_pools.retain(&names);
+        self.pools.retain(&names);
         // Live sessions look at the new user table (and close if so configured).
         let _ = self.epochs.send(UsersEpoch {
             users: config.users.clone(),
@@ -368,7 +417,7 @@ pub async fn start_from(
     let auth_permits = Arc::new(Semaphore::new(config.limits.max_concurrent_auth));
     let cancels = Arc::new(CancelRegistry::new());
     let guards = Arc::new(Guards::new(&config));
-    let pg_pools = Arc::new(crate::postgres::pool::Registry::default());
+    let pools = Arc::new(Pools::default());
     for w in &config.warnings {
         warn!(event = "config_warning", "{w}");
     }
@@ -402,7 +451,7 @@ pub async fn start_from(
         auth_permits,
         close: close.clone(),
         cancels,
-        pg_pools: pg_pools.clone(),
+        pools: pools.clone(),
         epochs: tokio::sync::watch::Sender::new(UsersEpoch {
             users: config.users.clone(),
             removed: config.removed_user_sessions,
@@ -429,7 +478,7 @@ pub async fn start_from(
             loop {
                 tokio::select! {
                     _ = tick.tick() => reloader.guards.load().maintain(),
-                    _ = pool_tick.tick() => sweep_pools(&reloader.pg_pools, &reloader.metrics),
+                    _ = pool_tick.tick() => reloader.pools.sweep(&reloader.metrics),
                     _ = stop.cancelled() => return,
                 }
             }
@@ -493,13 +542,7 @@ pub async fn start_from(
             let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, tracker.wait()).await;
         }
         // Every session has ended: the pooled backend sessions go too.
-        let mut closing = tokio::task::JoinSet::new();
-        for (_, pool) in pg_pools.all() {
-            for s in pool.drain() {
-                closing.spawn(crate::postgres::pool::close(s, FORCE_CLOSE_WAIT));
-            }
-        }
-        while closing.join_next().await.is_some() {}
+        pools.close_all().await;
         info!(event = "stopped");
     });
     Ok(Running {

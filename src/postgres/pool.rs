@@ -3,12 +3,10 @@
 //! reset with `DISCARD ALL` and kept for the next client with the same backend
 //! role, database and startup parameters. Anything unexpected closes it.
 
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::codec::{decode_message, split_cstr, MAX_AUTH_MESSAGE};
 use super::messages;
@@ -131,15 +129,6 @@ fn set_param(params: &mut Vec<Bytes>, body: &[u8]) {
         Some(p) => *p = framed,
         None => params.push(framed),
     }
-}
-
-/// An idle session should have nothing to say: a readable socket means the
-/// server closed it or sent something (a FATAL on shutdown). Never waits.
-pub fn looks_alive(stream: &mut BackendStream) -> bool {
-    let mut byte = [0u8; 1];
-    let mut buf = ReadBuf::new(&mut byte);
-    let mut cx = Context::from_waker(Waker::noop());
-    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
 }
 
 /// Ends a session politely: Terminate, then close, within `limit`.

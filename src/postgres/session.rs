@@ -347,7 +347,7 @@ fn checkout(
             metrics.pool_event(name, "new");
             break None;
         };
-        if pool::looks_alive(&mut t.conn.stream) {
+        if crate::pool::is_quiet(&mut t.conn.stream) {
             metrics.pool_event(name, "reused");
             break Some((t.conn, t.born));
         }

@@ -108,11 +108,17 @@ async fn connect_inner(
     cred: &Credential,
     login: &Login,
 ) -> Result<Connected, BackendError> {
+    let stream = open(backend).await?;
+    log_in(stream, backend, cred, login).await
+}
+
+/// TCP, then TLS when the backend is configured for it.
+pub async fn open(backend: &Backend) -> Result<BackendStream, BackendError> {
     let tcp = TcpStream::connect(backend.address.as_str())
         .await
         .map_err(BackendError::Connect)?;
     let _ = tcp.set_nodelay(true);
-    let mut stream = match &backend.tls {
+    Ok(match &backend.tls {
         None => BackendStream::Plain(tcp),
         Some(tls) => {
             let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
@@ -122,7 +128,44 @@ async fn connect_inner(
                 .map_err(BackendError::Tls)?;
             BackendStream::Tls(Box::new(s))
         }
-    };
+    })
+}
+
+/// Takes a pooled session (already reset and logged in with `AUTH`) into use:
+/// as it is for an `AUTH` login, or after the client's `HELLO` for a HELLO login.
+pub async fn reuse(
+    stream: BackendStream,
+    backend: &Backend,
+    cred: &Credential,
+    login: &Login,
+) -> Result<Connected, BackendError> {
+    match login {
+        Login::Auth => Ok(Connected {
+            stream,
+            reply: BytesMut::from(&b"+OK\r\n"[..]),
+            leftover: BytesMut::new(),
+        }),
+        Login::Hello { .. } => {
+            match tokio::time::timeout(
+                backend.connect_timeout,
+                log_in(stream, backend, cred, login),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(BackendError::Timeout),
+            }
+        }
+    }
+}
+
+/// Sends the login command and reads its one reply.
+async fn log_in(
+    mut stream: BackendStream,
+    backend: &Backend,
+    cred: &Credential,
+    login: &Login,
+) -> Result<Connected, BackendError> {
     let cmd = login_command(cred, login);
     stream.write_all(&cmd).await.map_err(BackendError::Io)?;
     drop(cmd);

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod commands;
 pub mod policy;
+pub mod pool;
 pub mod replies;
 pub mod reply;
 pub mod request;

@@ -20,6 +20,7 @@ use tracing::{debug, info};
 
 use super::backend::{self, Login};
 use super::policy::{self, Verdict};
+use super::pool;
 use super::replies;
 use super::reply::{FrameInfo, ReplyScanner, Scan};
 use super::request::{decode, Decoded, ProtocolError, Request, RequestLimits, Tail};
@@ -127,7 +128,21 @@ async fn run(
 
     let backend = &ctx.listener.backend;
     let cred = identity.backend_credential(&backend.credential).clone();
-    let connected = match backend::connect(backend, &cred, &login, ctx.metrics.all()).await {
+    let pool = ctx.redis_pool.clone().filter(|p| p.config().enabled());
+    let pooled = pool
+        .as_ref()
+        .and_then(|p| checkout(ctx, p, &pool::Key::new(&cred)));
+    let (connected, born) = match pooled {
+        Some((idle, born)) => (
+            backend::reuse(idle.stream, backend, &cred, &login).await,
+            born,
+        ),
+        None => (
+            backend::connect(backend, &cred, &login, ctx.metrics.all()).await,
+            std::time::Instant::now(),
+        ),
+    };
+    let connected = match connected {
         Ok(c) => c,
         Err(e) => {
             ctx.metrics.refused("backend_unavailable");
@@ -147,7 +162,7 @@ async fn run(
         Login::Auth => 2,
     };
     let (brd, bwr) = tokio::io::split(connected.stream);
-    let relay = Relay {
+    let mut relay = Relay {
         ctx,
         peer,
         identity,
@@ -180,7 +195,107 @@ async fn run(
         last_activity: Instant::now(),
         reloads: ctx.reloads.clone(),
     };
-    relay.run().await
+    let result = relay.run().await;
+    let Some(pool) = pool else {
+        return result;
+    };
+    let reusable = result.is_ok() && relay.reusable();
+    let Relay {
+        brd,
+        bwr,
+        cred,
+        admission,
+        client,
+        ..
+    } = relay;
+    // The client is gone: its connection and permits go now, not after the reset.
+    drop(client);
+    drop(admission);
+    let idle = pool::Idle {
+        stream: brd.unsplit(bwr),
+    };
+    if reusable {
+        give_back(ctx, &pool, &cred, idle, born).await;
+    } else {
+        ctx.metrics.all().pool_event(&backend.name, "discarded");
+        pool::close(idle, POOL_CLOSE_WAIT).await;
+    }
+    result
+}
+
+/// How long closing a backend connection may take.
+const POOL_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The most recently used idle connection for `key` that is still open.
+fn checkout(
+    ctx: &Context,
+    pool: &pool::Pool,
+    key: &pool::Key,
+) -> Option<(pool::Idle, std::time::Instant)> {
+    let name = &ctx.listener.backend.name;
+    let metrics = ctx.metrics.all();
+    let found = loop {
+        let (taken, expired) = pool.take(key, std::time::Instant::now());
+        for e in expired {
+            metrics.pool_event(name, "expired");
+            tokio::spawn(pool::close(e, POOL_CLOSE_WAIT));
+        }
+        let Some(mut t) = taken else {
+            metrics.pool_event(name, "new");
+            break None;
+        };
+        if crate::pool::is_quiet(&mut t.conn.stream) {
+            metrics.pool_event(name, "reused");
+            break Some((t.conn, t.born));
+        }
+        metrics.pool_event(name, "dead");
+    };
+    metrics
+        .pool_idle
+        .with_label_values(&[name])
+        .set(pool.idle() as i64);
+    found
+}
+
+/// Resets a connection the client left clean (RESET, then the proxy's AUTH)
+/// and keeps it, or closes it.
+async fn give_back(
+    ctx: &Context,
+    pool: &pool::Pool,
+    cred: &Credential,
+    mut idle: pool::Idle,
+    born: std::time::Instant,
+) {
+    let backend = &ctx.listener.backend;
+    let metrics = ctx.metrics.all();
+    if born.elapsed() >= pool.config().max_lifetime {
+        metrics.pool_event(&backend.name, "expired");
+        pool::close(idle, POOL_CLOSE_WAIT).await;
+        return;
+    }
+    if let Err(e) = pool::reset(&mut idle, cred, backend.connect_timeout).await {
+        debug!(event = "pool_reset_failed", backend = %backend.name, error = ?e);
+        metrics.pool_event(&backend.name, "reset_failed");
+        pool::close(idle, POOL_CLOSE_WAIT).await;
+        return;
+    }
+    match pool.put(pool::Key::new(cred), idle, born, std::time::Instant::now()) {
+        crate::pool::Put::Kept(displaced) => {
+            metrics.pool_event(&backend.name, "kept");
+            for d in displaced {
+                metrics.pool_event(&backend.name, "evicted");
+                tokio::spawn(pool::close(d, POOL_CLOSE_WAIT));
+            }
+        }
+        crate::pool::Put::Refused(idle) => {
+            metrics.pool_event(&backend.name, "full");
+            pool::close(idle, POOL_CLOSE_WAIT).await;
+        }
+    }
+    metrics
+        .pool_idle
+        .with_label_values(&[&backend.name])
+        .set(pool.idle() as i64);
 }
 
 /// Phase 1: TLS. Returns the stream and, when the listener requires a client
@@ -686,7 +801,22 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
-    async fn run(mut self) -> Result<(), SessionError> {
+    /// Whether the backend connection is in step and plain after the client
+    /// left: every reply read, nothing half-sent, outside MULTI, not subscribed.
+    /// (RESET undoes the rest: WATCH, tracking, SELECT, the name, RESP3.)
+    fn reusable(&self) -> bool {
+        self.slots.is_empty()
+            && self.streaming_reply.is_none()
+            && self.req_tail.is_none()
+            && self.stashed.is_none()
+            && self.backend_in.is_empty()
+            && !self.scanner.in_frame()
+            && !self.to_backend.wants_write()
+            && !self.multi.active
+            && !self.subscribed_or_subscribing()
+    }
+
+    async fn run(&mut self) -> Result<(), SessionError> {
         let result = self.relay().await;
         if matches!(result, Err(SessionError::Backend(_))) {
             // The client may be owed an error reply (backend re-login refused): try to deliver it.
