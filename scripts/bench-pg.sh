@@ -69,7 +69,7 @@ key = "$work/certs/server.key"
 name = "bench"
 password = "\${BENCH_PW}"
 EOF
-BENCH_PW=$PW RUST_LOG=warn "$bin" run --config "$work/portcullis.toml" 2>/dev/null &
+BENCH_PW=$PW RUST_LOG=warn env ${PORTCULLIS_ENV:-} "$bin" run --config "$work/portcullis.toml" 2>/dev/null &
 portcullis_pid=$!
 pids+=($portcullis_pid)
 wait_port "$PX"

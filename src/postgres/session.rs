@@ -1187,14 +1187,17 @@ impl Relay<'_> {
     /// Moves whole buffered runs of client messages to the backend queue,
     /// applying the command rates to Query and Execute messages.
     fn pump_client(&mut self) -> Result<(), FrameError> {
+        // Bytes at the front of `client_in` to forward as one chunk.
+        let mut run = 0;
         while !self.terminating
-            && self.to_backend.len < OUT_CAP
+            && self.to_backend.len + run < OUT_CAP
             && self.commands_paused_until.is_none()
         {
             let mut refuse = false;
             // Checked once per message, when its header is in (so no token is spent twice).
-            if self.client_framer.at_boundary() && self.client_in.len() >= 5 && !self.skipping {
-                let tag = self.client_in[0];
+            if self.client_framer.at_boundary() && self.client_in.len() >= run + 5 && !self.skipping
+            {
+                let tag = self.client_in[run];
                 if matches!(tag, b'Q' | b'E') {
                     match self.admission.command(self.ctx.listener.limits.action) {
                         Ok(()) => {}
@@ -1207,7 +1210,10 @@ impl Relay<'_> {
                     }
                 }
             }
-            let Some(frame) = self.client_framer.advance(&self.client_in, self.max)? else {
+            let Some(frame) = self
+                .client_framer
+                .advance(&self.client_in[run..], self.max)?
+            else {
                 break;
             };
             let (take, forward) = match frame {
@@ -1223,18 +1229,18 @@ impl Relay<'_> {
                         }
                     }
                     self.dropping = refuse || self.skipping;
+                    if self.skipping && tag == b'S' {
+                        self.skipping = false;
+                        self.dropping = false;
+                        // The backend answers this Sync; the refused Execute's error goes just before.
+                        self.owed.push_back(Owed::BeforeReady(self.ready_owed));
+                    }
                     if !self.dropping {
                         match tag {
                             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
                             b'S' | b'Q' => self.unsynced = false,
                             _ => {}
                         }
-                    }
-                    if self.skipping && tag == b'S' {
-                        self.skipping = false;
-                        self.dropping = false;
-                        // The backend answers this Sync; the refused Execute's error goes just before.
-                        self.owed.push_back(Owed::BeforeReady(self.ready_owed));
                     }
                     if !self.dropping && matches!(tag, b'Q' | b'S' | b'F') {
                         self.ready_owed += 1;
@@ -1247,12 +1253,33 @@ impl Relay<'_> {
                 }
                 Frame::Continue { take } => (take, !self.dropping),
             };
-            let chunk = self.client_in.split_to(take).freeze();
             if forward {
-                self.to_backend.push(chunk);
+                run += take;
+            } else {
+                self.forward_run(&mut run);
+                let _ = self.client_in.split_to(take);
             }
         }
+        self.forward_run(&mut run);
         Ok(())
+    }
+
+    /// Queues the first `run` bytes of `client_in` for the backend as one chunk.
+    fn forward_run(&mut self, run: &mut usize) {
+        if *run > 0 {
+            let chunk = self.client_in.split_to(*run).freeze();
+            self.to_backend.push(chunk);
+            *run = 0;
+        }
+    }
+
+    /// Queues the first `run` bytes of `backend_in` for the client as one chunk.
+    fn relay_run(&mut self, run: &mut usize) {
+        if *run > 0 {
+            let chunk = self.backend_in.split_to(*run).freeze();
+            self.to_client.push(chunk);
+            *run = 0;
+        }
     }
 
     /// A Query or Execute over its rate in reject mode: it is dropped, and the
@@ -1293,8 +1320,13 @@ impl Relay<'_> {
     /// Moves backend messages to the client queue, checking every header and
     /// counting ReadyForQuery so that the proxy's own errors land in order.
     fn pump_backend(&mut self) -> Result<(), FrameError> {
-        while self.to_client.len < OUT_CAP {
-            let Some(frame) = self.backend_framer.advance(&self.backend_in, self.max)? else {
+        // Bytes at the front of `backend_in` to relay as one chunk.
+        let mut run = 0;
+        while self.to_client.len + run < OUT_CAP {
+            let Some(frame) = self
+                .backend_framer
+                .advance(&self.backend_in[run..], self.max)?
+            else {
                 break;
             };
             let (take, ready) = match frame {
@@ -1305,20 +1337,25 @@ impl Relay<'_> {
                 if let Some(Owed::BeforeReady(mark)) = self.owed.front() {
                     if *mark == self.ready_seen {
                         self.owed.pop_front();
+                        self.relay_run(&mut run);
                         self.to_client.push(rate_limited_error());
                     }
                 }
                 if take >= 6 {
-                    self.status = self.backend_in[5];
+                    self.status = self.backend_in[run + 5];
                 }
             }
-            let chunk = self.backend_in.split_to(take).freeze();
-            self.to_client.push(chunk);
+            run += take;
             if ready {
                 self.ready_seen += 1;
-                self.release_owed();
+                if matches!(self.owed.front(), Some(Owed::AfterReady(mark)) if *mark <= self.ready_seen)
+                {
+                    self.relay_run(&mut run);
+                    self.release_owed();
+                }
             }
         }
+        self.relay_run(&mut run);
         Ok(())
     }
 
