@@ -10,11 +10,14 @@
 //!    the proxy's own included, goes back in request order.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -59,8 +62,9 @@ const MAX_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
 /// Serves one accepted connection to the end, logging how it ended.
 pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr, admission: Admission) {
     let result = tokio::select! {
+        biased;
+        _ = Cancelled::new(&ctx.close) => Err(SessionError::Shutdown),
         r = run(ctx, tcp, peer, admission) => r,
-        _ = ctx.close.cancelled() => Err(SessionError::Shutdown),
     };
     match result {
         Ok(()) => debug!(event = "session_end", listener = %ctx.listener.name, %peer),
@@ -70,6 +74,44 @@ pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr, admissi
             }
             info!(event = "session_end", listener = %ctx.listener.name, %peer, side = ?e.side(), reason = e.label(), error = %e);
         }
+    }
+}
+
+/// Waits for `token` like `token.cancelled()`, but re-registers with the token
+/// (under its lock) only when the task's waker changes, not on every poll of
+/// the session: a busy relay is polled a few times per request.
+struct Cancelled<'a> {
+    token: &'a tokio_util::sync::CancellationToken,
+    wait: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    waker: Option<std::task::Waker>,
+}
+
+impl<'a> Cancelled<'a> {
+    fn new(token: &'a tokio_util::sync::CancellationToken) -> Self {
+        Cancelled {
+            token,
+            wait: Box::pin(token.clone().cancelled_owned()),
+            waker: None,
+        }
+    }
+}
+
+impl Future for Cancelled<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let this = &mut *self;
+        let polled = this.wait.as_mut().poll(cx);
+        if polled.is_pending() {
+            this.waker = Some(cx.waker().clone());
+        }
+        polled
     }
 }
 
@@ -87,11 +129,9 @@ async fn run(
             return Err(SessionError::LoginTimeout);
         }
     };
-    let (rd, wr) = tokio::io::split(stream);
     let mut client = Client {
-        rd,
-        wr,
-        buf: BytesMut::with_capacity(READ_CHUNK),
+        stream,
+        buf: BytesMut::new(),
     };
 
     let outcome = match cert_names {
@@ -121,8 +161,8 @@ async fn run(
         if ctx.guards.log_refusal(peer.ip(), reason) {
             info!(event = "login_refused", listener = %ctx.listener.name, %peer, user = %escape(identity.name().as_bytes()), reason);
         }
-        let _ = client.wr.write_all(MAX_CLIENTS).await;
-        let _ = client.wr.shutdown().await;
+        let _ = client.stream.write_all(MAX_CLIENTS).await;
+        let _ = client.stream.shutdown().await;
         return Err(SessionError::Limit(reason));
     }
 
@@ -146,8 +186,8 @@ async fn run(
         Ok(c) => c,
         Err(e) => {
             ctx.metrics.refused("backend_unavailable");
-            let _ = client.wr.write_all(replies::BACKEND_UNAVAILABLE).await;
-            let _ = client.wr.shutdown().await;
+            let _ = client.stream.write_all(replies::BACKEND_UNAVAILABLE).await;
+            let _ = client.stream.shutdown().await;
             return Err(e.into());
         }
     };
@@ -161,7 +201,6 @@ async fn run(
         Login::Hello { proto, .. } => proto,
         Login::Auth => 2,
     };
-    let (brd, bwr) = tokio::io::split(connected.stream);
     let mut relay = Relay {
         ctx,
         peer,
@@ -169,8 +208,7 @@ async fn run(
         cred,
         proto,
         client,
-        brd,
-        bwr,
+        backend: connected.stream,
         backend_in: connected.leftover,
         to_client,
         to_backend: Outbox::default(),
@@ -193,7 +231,16 @@ async fn run(
         commands_paused_until: None,
         reads_paused_until: None,
         last_activity: Instant::now(),
-        reloads: ctx.reloads.clone(),
+        idle_timer: ctx
+            .listener
+            .limits
+            .idle_timeout
+            .map(|d| Box::pin(tokio::time::sleep(d))),
+        pause_timer: None,
+        reload: Some(wait_reload(ctx.reloads.clone())),
+        last_command: None,
+        reload_waker: None,
+        reload_probe: ctx.reloads.clone(),
     };
     let result = relay.run().await;
     let Some(pool) = pool else {
@@ -201,8 +248,7 @@ async fn run(
     };
     let reusable = result.is_ok() && relay.reusable();
     let Relay {
-        brd,
-        bwr,
+        backend: stream,
         cred,
         admission,
         client,
@@ -211,9 +257,7 @@ async fn run(
     // The client is gone: its connection and permits go now, not after the reset.
     drop(client);
     drop(admission);
-    let idle = pool::Idle {
-        stream: brd.unsplit(bwr),
-    };
+    let idle = pool::Idle { stream };
     if reusable {
         give_back(ctx, &pool, &cred, idle, born).await;
     } else {
@@ -329,9 +373,10 @@ async fn handshake(
     Ok((ClientStream::Tls(Box::new(stream)), names))
 }
 
+/// The client connection, driven from one task: no `split`, so no lock
+/// between its read and write halves on every poll.
 struct Client {
-    rd: ReadHalf<ClientStream>,
-    wr: WriteHalf<ClientStream>,
+    stream: ClientStream,
     buf: BytesMut,
 }
 
@@ -368,7 +413,7 @@ async fn login_phase(
             let decoded = match decode(&mut client.buf, &limits) {
                 Ok(Some(d)) => d,
                 Ok(None) => break,
-                Err(e) => return Err(protocol_error(ctx, &mut client.wr, e).await),
+                Err(e) => return Err(protocol_error(ctx, &mut client.stream, e).await),
             };
             let Decoded::Request(req) = decoded else {
                 continue;
@@ -388,7 +433,7 @@ async fn login_phase(
                         }
                     }
                     client
-                        .wr
+                        .stream
                         .write_all(r)
                         .await
                         .map_err(SessionError::ClientIo)?;
@@ -396,15 +441,15 @@ async fn login_phase(
                 }
                 PreAuth::ReplyOwned(r) => {
                     client
-                        .wr
+                        .stream
                         .write_all(&r)
                         .await
                         .map_err(SessionError::ClientIo)?;
                     continue;
                 }
                 PreAuth::Quit => {
-                    let _ = client.wr.write_all(replies::OK).await;
-                    let _ = client.wr.shutdown().await;
+                    let _ = client.stream.write_all(replies::OK).await;
+                    let _ = client.stream.shutdown().await;
                     return Ok(LoginOutcome::Quit);
                 }
                 PreAuth::Authenticate {
@@ -424,13 +469,13 @@ async fn login_phase(
                 Err(_) => {
                     ctx.metrics.refused("wrongpass");
                     client
-                        .wr
+                        .stream
                         .write_all(replies::WRONGPASS)
                         .await
                         .map_err(SessionError::ClientIo)?;
                     if attempts >= ctx.limits.max_auth_attempts {
                         ctx.metrics.refused("too_many_auth_attempts");
-                        let _ = client.wr.shutdown().await;
+                        let _ = client.stream.shutdown().await;
                         return Err(SessionError::ClientProtocol(
                             "too many failed AUTH attempts".into(),
                         ));
@@ -440,11 +485,11 @@ async fn login_phase(
         }
         if client.buf.len() > PREAUTH_MAX_BUFFER {
             let e = ProtocolError::UnauthenticatedBulkLength;
-            return Err(protocol_error(ctx, &mut client.wr, e).await);
+            return Err(protocol_error(ctx, &mut client.stream, e).await);
         }
         client.buf.reserve(READ_CHUNK);
         let room = PREAUTH_MAX_BUFFER + 1 - client.buf.len().min(PREAUTH_MAX_BUFFER);
-        let mut limited = (&mut client.rd).take(room as u64);
+        let mut limited = (&mut client.stream).take(room as u64);
         match tokio::time::timeout_at(deadline, limited.read_buf(&mut client.buf)).await {
             Err(_) => {
                 ctx.metrics.refused("login_timeout");
@@ -458,11 +503,7 @@ async fn login_phase(
 }
 
 /// Writes Redis's protocol error reply and ends the session, as Redis does.
-async fn protocol_error(
-    ctx: &Context,
-    wr: &mut WriteHalf<ClientStream>,
-    e: ProtocolError,
-) -> SessionError {
+async fn protocol_error(ctx: &Context, wr: &mut ClientStream, e: ProtocolError) -> SessionError {
     ctx.metrics.refused("protocol_error");
     let _ = wr.write_all(&replies::error(&e.to_string())).await;
     let _ = wr.shutdown().await;
@@ -664,15 +705,20 @@ enum SubKind {
 
 impl SubKind {
     fn of(name: &[u8]) -> Option<SubKind> {
-        Some(match name.to_ascii_lowercase().as_slice() {
-            b"subscribe" => SubKind::Subscribe,
-            b"unsubscribe" => SubKind::Unsubscribe,
-            b"psubscribe" => SubKind::PSubscribe,
-            b"punsubscribe" => SubKind::PUnsubscribe,
-            b"ssubscribe" => SubKind::SSubscribe,
-            b"sunsubscribe" => SubKind::SUnsubscribe,
-            _ => return None,
-        })
+        // Every name ends in "subscribe": one length check turns most commands away.
+        if !(9..=12).contains(&name.len()) {
+            return None;
+        }
+        [
+            SubKind::Subscribe,
+            SubKind::Unsubscribe,
+            SubKind::PSubscribe,
+            SubKind::PUnsubscribe,
+            SubKind::SSubscribe,
+            SubKind::SUnsubscribe,
+        ]
+        .into_iter()
+        .find(|k| name.eq_ignore_ascii_case(k.reply_name().as_bytes()))
     }
 
     fn reply_name(self) -> &'static str {
@@ -766,8 +812,7 @@ struct Relay<'a> {
     cred: Credential,
     proto: u8,
     client: Client,
-    brd: ReadHalf<BackendStream>,
-    bwr: WriteHalf<BackendStream>,
+    backend: BackendStream,
     backend_in: BytesMut,
     to_client: Outbox,
     to_backend: Outbox,
@@ -794,10 +839,64 @@ struct Relay<'a> {
     commands_paused_until: Option<Instant>,
     /// The client is not read before this (byte rate).
     reads_paused_until: Option<Instant>,
-    /// Last byte from the client (idle timeout).
+    /// Last byte from the client (kept only with an idle timeout).
     last_activity: Instant,
+    /// Fires when the session may have been idle for the idle timeout (when one is set).
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Fires at the end of a pause (`commands_paused_until`, `reads_paused_until`).
+    pause_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Reloads, to close the session if its user was removed (when so configured).
-    reloads: tokio::sync::watch::Receiver<crate::server::UsersEpoch>,
+    reload: Option<ReloadWait>,
+    /// The command table entry of the last command seen.
+    last_command: Option<&'static super::commands::CommandSpec>,
+    /// The waker `reload` was last polled with.
+    reload_waker: Option<std::task::Waker>,
+    /// A second receiver, to see a reload without polling `reload`.
+    reload_probe: UsersReloads,
+}
+
+/// Resolves to the receiver once the users are reloaded, `None` if the sender is gone.
+type ReloadWait = Pin<Box<dyn Future<Output = Option<UsersReloads>> + Send>>;
+type UsersReloads = tokio::sync::watch::Receiver<crate::server::UsersEpoch>;
+
+/// Waits for the next reload. Owned (the receiver moves in and comes back out),
+/// so the relay builds it once per reload, not on every wait.
+fn wait_reload(mut rx: UsersReloads) -> ReloadWait {
+    Box::pin(async move { rx.changed().await.ok().map(|()| rx) })
+}
+
+/// What woke the relay.
+enum Event {
+    /// Bytes were read, or a write made room: process what is buffered.
+    Io,
+    /// The client closed its side.
+    ClientClosed,
+    /// The backend closed its side.
+    BackendClosed,
+    /// The users were reloaded (`None`: no more reloads will come).
+    Reload(Option<UsersReloads>),
+    /// A pause (command rate, byte rate) may be over.
+    Paused,
+    /// The idle timeout (this long) may have passed.
+    IdleCheck(std::time::Duration),
+}
+
+/// Reads what has arrived into `buf` (at most `cap` bytes), making room first.
+fn poll_read_into<R: tokio::io::AsyncRead + Unpin>(
+    cx: &mut TaskContext<'_>,
+    r: &mut R,
+    buf: &mut BytesMut,
+    cap: usize,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        // Usually no allocation: an emptied, unshared buffer is rewound in place.
+        buf.reserve(READ_CHUNK);
+    }
+    if cap == usize::MAX {
+        std::pin::pin!(r.read_buf(buf)).poll(cx)
+    } else {
+        std::pin::pin!(r.take(cap as u64).read_buf(buf)).poll(cx)
+    }
 }
 
 impl Relay<'_> {
@@ -822,7 +921,12 @@ impl Relay<'_> {
             // The client may be owed an error reply (backend re-login refused): try to deliver it.
             let flush = async {
                 while self.to_client.wants_write() {
-                    if self.to_client.write_to(&mut self.client.wr).await.is_err() {
+                    if self
+                        .to_client
+                        .write_to(&mut self.client.stream)
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -837,106 +941,188 @@ impl Relay<'_> {
             self.process_client().await?;
             self.process_backend()?;
             if self.closing && self.slots.is_empty() && !self.to_client.wants_write() {
-                let _ = self.client.wr.shutdown().await;
+                let _ = self.client.stream.shutdown().await;
                 return Ok(());
             }
-            let now = Instant::now();
-            if self.reads_paused_until.is_some_and(|t| t <= now) {
-                // The byte debt of the last read must be paid before the next one.
-                self.reads_paused_until = self
-                    .bytes_rate
-                    .as_mut()
-                    .and_then(ByteBudget::settle)
-                    .map(|wait| now + wait);
-            }
-            let read_cap = self
-                .bytes_rate
-                .as_ref()
-                .map_or(usize::MAX, ByteBudget::read_cap);
-            let read_client = !self.closing
-                && self.reads_paused_until.is_none()
-                && self.stashed.is_none()
-                && self.client.buf.len() < CLIENT_IN_CAP
-                && self.slots.len() < self.ctx.limits.max_pipeline
-                && self.to_backend.len < OUT_CAP
-                && self.to_client.len < OUT_CAP;
-            let read_backend = self.backend_in.len() < REPLY_STREAM_AFTER + READ_CHUNK
-                && self.to_client.len < OUT_CAP;
-            if read_client {
-                self.client.buf.reserve(READ_CHUNK);
-            }
-            if read_backend {
-                self.backend_in.reserve(READ_CHUNK);
-            }
-            let wake = [self.commands_paused_until, self.reads_paused_until]
-                .into_iter()
-                .flatten()
-                .min();
-            let idle_at = self
-                .ctx
-                .listener
-                .limits
-                .idle_timeout
-                .map(|d| self.last_activity + d);
-            tokio::select! {
-                r = crate::stream::read_capped(&mut self.client.rd, &mut self.client.buf, read_cap), if read_client => {
-                    match r.map_err(SessionError::ClientIo)? {
-                        0 => return Ok(()),
-                        n => {
-                            self.ctx.metrics.bytes_in.inc_by(n as u64);
-                            self.last_activity = Instant::now();
-                            if let Some(budget) = &mut self.bytes_rate {
-                                if let Some(wait) = budget.charge(n) {
-                                    // Over the byte rate: what was read is served, the next read waits.
-                                    self.reads_paused_until = Some(Instant::now() + wait);
-                                }
-                            }
-                        }
-                    }
+            if let Some(until) = self.reads_paused_until {
+                let now = Instant::now();
+                if until <= now {
+                    // The byte debt of the last read must be paid before the next one.
+                    self.reads_paused_until = self
+                        .bytes_rate
+                        .as_mut()
+                        .and_then(ByteBudget::settle)
+                        .map(|wait| now + wait);
                 }
-                Ok(()) = self.reloads.changed() => {
-                    let epoch = self.reloads.borrow_and_update().clone();
+            }
+            match std::future::poll_fn(|cx| self.poll_io(cx)).await? {
+                Event::Io => {}
+                Event::ClientClosed => return Ok(()),
+                Event::BackendClosed => {
+                    // Redis closed the connection (CLIENT KILL, timeout): pass on what it sent, then close.
+                    self.process_backend()?;
+                    return Err(BackendError::Closed.into());
+                }
+                Event::Reload(rx) => {
+                    self.reload_probe.mark_unchanged();
+                    let Some(mut rx) = rx else { continue };
+                    let epoch = rx.borrow_and_update().clone();
+                    self.reload = Some(wait_reload(rx));
                     if self.ctx.must_close(&epoch, &self.identity) {
                         self.ctx.metrics.refused("user_removed");
                         info!(event = "session_closed", listener = %self.ctx.listener.name, peer = %self.peer,
                             user = %escape(self.identity.name().as_bytes()), reason = "user_removed");
-                        let _ = self.client.wr.shutdown().await;
+                        let _ = self.client.stream.shutdown().await;
                         return Err(SessionError::Limit("user_removed"));
                     }
                 }
-                _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
-                    if self.commands_paused_until.is_some_and(|t| t <= Instant::now()) {
+                Event::Paused => {
+                    if self
+                        .commands_paused_until
+                        .is_some_and(|t| t <= Instant::now())
+                    {
                         self.commands_paused_until = None;
                     }
                 }
-                _ = tokio::time::sleep_until(idle_at.unwrap_or(now)), if idle_at.is_some() => {
-                    if idle_at.is_some_and(|t| t <= Instant::now()) && self.slots.is_empty() {
+                Event::IdleCheck(d) => {
+                    let now = Instant::now();
+                    if self.last_activity + d <= now && self.slots.is_empty() {
                         self.ctx.metrics.refused("idle_timeout");
                         if self.ctx.guards.log_refusal(self.peer.ip(), "idle_timeout") {
                             info!(event = "session_closed", listener = %self.ctx.listener.name, peer = %self.peer, reason = "idle_timeout");
                         }
-                        let _ = self.client.wr.shutdown().await;
+                        let _ = self.client.stream.shutdown().await;
                         return Err(SessionError::Limit("idle_timeout"));
                     }
-                    // Replies are still owed: not idle. Look again a full period from now.
-                    self.last_activity = Instant::now();
-                }
-                r = self.brd.read_buf(&mut self.backend_in), if read_backend => {
-                    if r.map_err(|e| SessionError::Backend(BackendError::Io(e)))? == 0 {
-                        // Redis closed the connection (CLIENT KILL, timeout): pass on what it sent, then close.
-                        self.process_backend()?;
-                        return Err(BackendError::Closed.into());
+                    if self.last_activity + d <= now {
+                        // Replies are still owed: not idle. Look again a full period from now.
+                        self.last_activity = now;
                     }
-                }
-                r = self.to_backend.write_to(&mut self.bwr), if self.to_backend.wants_write() => {
-                    r.map_err(|e| SessionError::Backend(BackendError::Io(e)))?;
-                }
-                r = self.to_client.write_to(&mut self.client.wr), if self.to_client.wants_write() => {
-                    let n = r.map_err(SessionError::ClientIo)?;
-                    self.ctx.metrics.bytes_out.inc_by(n as u64);
+                    if let Some(t) = &mut self.idle_timer {
+                        t.as_mut().reset(self.last_activity + d);
+                    }
                 }
             }
         }
+    }
+
+    /// Drives both sockets from this one task: writes what is queued, then
+    /// reads what has arrived, and returns as soon as there is something to
+    /// process; otherwise waits on the sockets, the timers and reloads at once.
+    /// Nothing is built per call (no futures of `select!` branches, no timer
+    /// registrations), and reads and writes of one stream need no lock.
+    fn poll_io(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, SessionError>> {
+        // A write that makes room for more work only matters when something
+        // waits for that room (a full queue) or for the queue to empty (closing).
+        let stalled =
+            self.closing || self.to_backend.len >= OUT_CAP || self.to_client.len >= OUT_CAP;
+        let mut progress = false;
+        if self.to_backend.wants_write() {
+            let n = self
+                .to_backend
+                .poll_drain(cx, &mut self.backend)
+                .map_err(|e| SessionError::Backend(BackendError::Io(e)))?;
+            progress |= stalled && n > 0;
+        }
+        if self.to_client.wants_write() {
+            let n = self
+                .to_client
+                .poll_drain(cx, &mut self.client.stream)
+                .map_err(SessionError::ClientIo)?;
+            if n > 0 {
+                self.ctx.metrics.bytes_out.inc_by(n as u64);
+            }
+            progress |= stalled && (n > 0 || !self.to_client.wants_write());
+        }
+
+        let read_client = !self.closing
+            && self.reads_paused_until.is_none()
+            && self.stashed.is_none()
+            && self.client.buf.len() < CLIENT_IN_CAP
+            && self.slots.len() < self.ctx.limits.max_pipeline
+            && self.to_backend.len < OUT_CAP
+            && self.to_client.len < OUT_CAP;
+        if read_client {
+            let cap = self
+                .bytes_rate
+                .as_ref()
+                .map_or(usize::MAX, ByteBudget::read_cap);
+            match poll_read_into(cx, &mut self.client.stream, &mut self.client.buf, cap) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
+                Poll::Ready(Ok(n)) => {
+                    progress = true;
+                    self.ctx.metrics.bytes_in.inc_by(n as u64);
+                    if self.idle_timer.is_some() {
+                        self.last_activity = Instant::now();
+                    }
+                    if let Some(budget) = &mut self.bytes_rate {
+                        if let Some(wait) = budget.charge(n) {
+                            // Over the byte rate: what was read is served, the next read waits.
+                            self.reads_paused_until = Some(Instant::now() + wait);
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                Poll::Pending => {}
+            }
+        }
+        let read_backend =
+            self.backend_in.len() < REPLY_STREAM_AFTER + READ_CHUNK && self.to_client.len < OUT_CAP;
+        if read_backend {
+            match poll_read_into(cx, &mut self.backend, &mut self.backend_in, usize::MAX) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::BackendClosed)),
+                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(SessionError::Backend(BackendError::Io(e))))
+                }
+                Poll::Pending => {}
+            }
+        }
+        if progress {
+            return Poll::Ready(Ok(Event::Io));
+        }
+
+        if let Some(wait) = &mut self.reload {
+            // Polling the wait re-registers the waker under the channel's lock:
+            // skip it while the registration stands and the version is unchanged.
+            let registered = self
+                .reload_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()));
+            if !registered || self.reload_probe.has_changed().unwrap_or(true) {
+                match wait.as_mut().poll(cx) {
+                    Poll::Ready(rx) => {
+                        self.reload = None;
+                        self.reload_waker = None;
+                        return Poll::Ready(Ok(Event::Reload(rx)));
+                    }
+                    Poll::Pending => self.reload_waker = Some(cx.waker().clone()),
+                }
+            }
+        }
+        let wake = match (self.commands_paused_until, self.reads_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(deadline) = wake {
+            let timer = self
+                .pause_timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Paused));
+            }
+        }
+        if let (Some(timer), Some(d)) =
+            (&mut self.idle_timer, self.ctx.listener.limits.idle_timeout)
+        {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::IdleCheck(d)));
+            }
+        }
+        Poll::Pending
     }
 
     /// True while an out-of-band frame (pub/sub message, push) is half relayed:
@@ -1083,8 +1269,8 @@ impl Relay<'_> {
             && (["auth", "hello", "reset"].iter().any(|c| eq(Some(name), c))
                 || SubKind::of(name).is_some());
         let subscribed_refused = self.proto == 2
-            && self.subscribed_or_subscribing()
-            && ["auth", "hello"].iter().any(|c| eq(Some(name), c));
+            && ["auth", "hello"].iter().any(|c| eq(Some(name), c))
+            && self.subscribed_or_subscribing();
         let forward = if subscribed_refused {
             // Redis refuses these in RESP2 subscribed mode; the proxy must not send its
             // own re-login there either.
@@ -1122,7 +1308,15 @@ impl Relay<'_> {
     /// Checks policy and forwards an ordinary command. Returns whether it was forwarded.
     fn command(&mut self, req: Request, has_tail: bool) -> bool {
         let name = req.arg(0).unwrap_or(b"");
-        let spec = super::commands::lookup(name);
+        // A client mostly repeats a few commands: the last one found is tried
+        // before the table's binary search.
+        let spec = match self.last_command {
+            Some(c) if c.name.as_bytes().eq_ignore_ascii_case(name) => Some(c),
+            _ => super::commands::lookup(name),
+        };
+        if spec.is_some() {
+            self.last_command = spec;
+        }
         let sub = if spec.is_some_and(|s| s.has_subcommands()) {
             req.arg(1)
         } else {
@@ -1318,14 +1512,19 @@ impl Relay<'_> {
             match step {
                 Scan::Complete { len, info } => {
                     let end = self.scanned + len;
-                    let chunk = self.backend_in.split_to(end).freeze();
                     self.scanned = 0;
                     let disposition = match self.streaming_reply.take() {
                         Some(d) => d,
                         None => self.classify(&info),
                     };
-                    if disposition != Disposition::Swallow {
-                        self.to_client.push(chunk);
+                    if disposition == Disposition::Swallow {
+                        self.backend_in.advance(end);
+                    } else if end <= crate::outbox::COPY_MAX {
+                        // Copied: the read buffer stays unshared and is reused in place.
+                        self.to_client.push_slice(&self.backend_in[..end]);
+                        self.backend_in.advance(end);
+                    } else {
+                        self.to_client.push(self.backend_in.split_to(end).freeze());
                     }
                     if disposition == Disposition::Unsolicited {
                         self.drain_locals();
