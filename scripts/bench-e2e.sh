@@ -9,6 +9,12 @@
 #   scripts/bench-e2e.sh                # prints a markdown table
 #   scripts/bench-e2e.sh --write        # also replaces the table in BENCHMARKS.md
 #
+# Environment: N (requests per test), CLIENTS, PIPELINES (default "1 16"),
+# PORTCULLIS_BIN (default target/release/portcullis, built if missing),
+# PORTCULLIS_BASELINE_BIN (a second build, e.g. before a change: also measured,
+# side by side in the same run, as "portcullis baseline"), ONLY (a regular
+# expression: only targets whose name matches run, e.g. ONLY='portcullis|HAProxy').
+#
 # Everything listens on 127.0.0.1 and stops when the script exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,8 +40,15 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; exit 1; }
 
-[[ -x target/release/portcullis ]] || cargo build --release --quiet
-bin=$PWD/target/release/portcullis
+if [[ -n "${PORTCULLIS_BIN:-}" ]]; then
+    bin=$(realpath "$PORTCULLIS_BIN")
+else
+    [[ -x target/release/portcullis ]] || cargo build --release --quiet
+    bin=$PWD/target/release/portcullis
+fi
+baseline=${PORTCULLIS_BASELINE_BIN:+$(realpath "$PORTCULLIS_BASELINE_BIN")}
+PIPELINES=${PIPELINES:-1 16}
+ONLY=${ONLY:-.}
 
 BACKEND_PW="Bench-Backend-Secret-0123456789-abcdefXYZ"
 USER_PW="bench-password"
@@ -81,6 +94,17 @@ BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$bin" run --c
 portcullis_pid=$!
 pids+=($portcullis_pid)
 wait_port "$PP"; wait_port "$PT"
+
+baseline_pid=""; BP=""; BT=""
+if [[ -n "$baseline" ]]; then
+    BP=$(free_port); BT=$(free_port)
+    sed -e "s/127.0.0.1:$PP\"/127.0.0.1:$BP\"/" -e "s/127.0.0.1:$PT\"/127.0.0.1:$BT\"/" \
+        "$work/portcullis.toml" >"$work/baseline.toml"
+    BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$baseline" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
+    baseline_pid=$!
+    pids+=($baseline_pid)
+    wait_port "$BP"; wait_port "$BT"
+fi
 
 haproxy_pid=""; HP=""; HT=""
 if command -v haproxy >/dev/null; then
@@ -151,6 +175,7 @@ rows=()
 run() {
     local name=$1 pid=$2 port=$3 pipeline=$4; shift 4
     local before after out get set us
+    [[ "$name" =~ $ONLY ]] || return 0
     before=$(cpu "$pid")
     out=$(redis-benchmark -h 127.0.0.1 -p "$port" -c "$CLIENTS" -n "$N" -P "$pipeline" -t get,set -q --csv "$@" 2>/dev/null)
     after=$(cpu "$pid")
@@ -166,10 +191,12 @@ run() {
     rows+=("| $name | $pipeline | ${get:-?} | ${set:-?} | ${p50get:-?} | $us |")
 }
 
-for p in 1 16; do
+for p in $PIPELINES; do
     run "redis-server direct" "" "$RP" "$p" -a "$BACKEND_PW"
     run "portcullis, plain (AUTH, policy)" "$portcullis_pid" "$PP" "$p" --user bench -a "$USER_PW"
+    [[ -n "$baseline_pid" ]] && run "portcullis baseline, plain (AUTH, policy)" "$baseline_pid" "$BP" "$p" --user bench -a "$USER_PW"
     run "portcullis, TLS (AUTH, policy)" "$portcullis_pid" "$PT" "$p" --tls --cacert "$work/certs/ca.crt" --user bench -a "$USER_PW"
+    [[ -n "$baseline_pid" ]] && run "portcullis baseline, TLS (AUTH, policy)" "$baseline_pid" "$BT" "$p" --tls --cacert "$work/certs/ca.crt" --user bench -a "$USER_PW"
     [[ -n "$haproxy_pid" ]] && run "HAProxy, TCP mode" "$haproxy_pid" "$HP" "$p" -a "$BACKEND_PW"
     [[ -n "$haproxy_pid" ]] && run "HAProxy, TLS termination" "$haproxy_pid" "$HT" "$p" --tls --cacert "$work/certs/ca.crt" -a "$BACKEND_PW"
     [[ -n "$stunnel_pid" ]] && run "stunnel (TLS)" "$stunnel_pid" "$SP" "$p" --tls --cacert "$work/certs/ca.crt" -a "$BACKEND_PW"
@@ -178,7 +205,7 @@ done
 
 machine="$(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d)"
 table=$(
-    echo "Machine: $machine. Command: \`scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients)."
+    echo "Machine: $machine. Command: \`N=$N scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients)."
     echo
     echo "| target | pipeline | GET req/s | SET req/s | GET p50 ms | proxy CPU µs/request |"
     echo "| --- | --- | --- | --- | --- | --- |"

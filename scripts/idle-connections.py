@@ -3,6 +3,17 @@
 reports the proxy's RSS growth per connection (from /proc/PID/status).
 
     scripts/idle-connections.py --pid PID --port PORT --ca certs/ca.crt --user U --password P [-n 5000]
+
+The proxy needs room for the run: two descriptors per connection (client and
+backend; `ulimit -n` above 2N for the proxy, N for this script), redis-server
+started with `--maxclients` above N, and caps and login backoff relaxed:
+
+    [limits]
+    max_connections = 19000
+    max_unauthenticated = 19000
+    max_unauthenticated_per_ip = 19000
+    [limits.login_backoff]
+    enabled = false
 """
 import argparse, asyncio, ssl, resource
 
@@ -31,6 +42,8 @@ async def main():
     ap.add_argument("-n", type=int, default=5000)
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < a.n + 100:
+        raise SystemExit(f"open-file hard limit {hard} is too low for {a.n} connections")
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, a.n + 1000), hard))
     ctx = ssl.create_default_context(cafile=a.ca)
     before = rss_kib(a.pid)
