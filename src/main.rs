@@ -124,10 +124,11 @@ fn run(path: &std::path::Path, json_logs: bool) -> anyhow::Result<()> {
         config.log_format
     };
     portcullis::logging::init(format);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = portcullis::Shutdown::new();
         let running =

@@ -108,6 +108,8 @@ struct RawConfig {
     #[serde(default)]
     reload: RawReload,
     #[serde(default)]
+    runtime: RawRuntime,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     limits: RawLimits,
@@ -124,6 +126,13 @@ struct RawConfig {
 struct RawReload {
     #[serde(default)]
     removed_user_sessions: RemovedUserSessions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    #[serde(default)]
+    worker_threads: usize,
 }
 
 /// What a reload does to the live sessions of a user it removes or disables.
@@ -462,6 +471,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// What a reload does to sessions of removed or disabled users.
     pub removed_user_sessions: RemovedUserSessions,
+    /// Threads serving connections; `None`: one per CPU. Read at start only.
+    pub worker_threads: Option<usize>,
     /// Process-wide limits.
     pub limits: Limits,
     /// Client-facing listeners.
@@ -552,6 +563,9 @@ pub struct PgListener {
 /// Default cap on one PostgreSQL message: large enough for big rows and COPY
 /// chunks, small enough that a lying length cannot make the proxy wait forever.
 pub const DEFAULT_PG_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Most worker threads `runtime.worker_threads` may ask for.
+const MAX_WORKER_THREADS: usize = 1024;
 
 /// TLS towards a backend.
 #[derive(Clone)]
@@ -756,6 +770,16 @@ impl Config {
             log_format: raw.log_format,
             admin,
             removed_user_sessions: raw.reload.removed_user_sessions,
+            worker_threads: match raw.runtime.worker_threads {
+                0 => None,
+                n if n > MAX_WORKER_THREADS => {
+                    return Err(invalid(
+                        "runtime.worker_threads",
+                        format!("at most {MAX_WORKER_THREADS}"),
+                    ))
+                }
+                n => Some(n),
+            },
             limits,
             listeners,
             backends: backend_list,
@@ -1139,6 +1163,19 @@ password = "Correct-Horse-Battery-Staple-0123456789"
         assert!(!e.contains("short"));
         let ok = format!("allow_weak_secrets = true\n{text}");
         Config::parse(&ok, Path::new(".")).expect("allowed when weak secrets are allowed");
+    }
+
+    #[test]
+    fn worker_threads() {
+        let parse =
+            |extra: &str| Config::parse(&format!("{extra}\n{}", with_listener("")), Path::new("."));
+        assert_eq!(parse("").expect("valid").worker_threads, None);
+        let one = parse("[runtime]\nworker_threads = 1").expect("valid");
+        assert_eq!(one.worker_threads, Some(1));
+        let zero = parse("[runtime]\nworker_threads = 0").expect("valid");
+        assert_eq!(zero.worker_threads, None);
+        let e = parse("[runtime]\nworker_threads = 5000").expect_err("too many");
+        assert_eq!(e.to_string(), "runtime.worker_threads: at most 1024");
     }
 
     #[test]
