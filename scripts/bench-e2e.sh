@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end Redis benchmark, side by side in one run: redis-server direct, through
-# portcullis (plain sidecar listener, and TLS + AUTH + command policy), and, where
-# installed, HAProxy (TCP mode and TLS termination), stunnel and twemproxy.
-# Load: redis-benchmark, 50 clients, GET and SET, pipeline 1 and 16.
+# End-to-end benchmark, side by side in one run. Redis: redis-server direct, through
+# portcullis (plain sidecar listener, and TLS; both with AUTH at the proxy, the
+# command policy and rate limits on), and, where installed, HAProxy (TCP mode and
+# TLS termination), stunnel and twemproxy. Load: redis-benchmark, 50 clients, GET
+# and SET, pipeline 1 and 16. Then PostgreSQL, where its binaries are installed:
+# scripts/bench-pg.sh (pgbench -S and -C: direct, portcullis, PgBouncer).
 # For each proxy it reads the process's CPU time from /proc before and after the
 # run and reports CPU microseconds per request.
 #
@@ -13,7 +15,9 @@
 # PORTCULLIS_BIN (default target/release/portcullis, built if missing),
 # PORTCULLIS_BASELINE_BIN (a second build, e.g. before a change: also measured,
 # side by side in the same run, as "portcullis baseline"), ONLY (a regular
-# expression: only targets whose name matches run, e.g. ONLY='portcullis|HAProxy').
+# expression: only targets whose name matches run, e.g. ONLY='portcullis|HAProxy'),
+# WORKER_THREADS (portcullis's runtime.worker_threads; 0, the default: one per CPU),
+# PG=0 (skip PostgreSQL), T (seconds per pgbench run).
 #
 # Everything listens on 127.0.0.1 and stops when the script exits.
 set -euo pipefail
@@ -38,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; exit 1; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
 
 if [[ -n "${PORTCULLIS_BIN:-}" ]]; then
     bin=$(realpath "$PORTCULLIS_BIN")
@@ -62,9 +66,18 @@ redis-cli -p "$RP" -a "$BACKEND_PW" --no-auth-warning set key:__rand_int__ x >/d
 cat "$work/certs/server.crt" "$work/certs/server.key" >"$work/certs/haproxy.pem"
 
 PP=$(free_port); PT=$(free_port)
+WORKER_THREADS=${WORKER_THREADS:-0}
 cat >"$work/portcullis.toml" <<EOF
+[runtime]
+worker_threads = $WORKER_THREADS
 [admin]
 enabled = false
+[limits]
+# On, as in production; far above this load, so they never delay it.
+max_connections_per_ip = 5000
+commands_per_second_per_ip = 100000000
+commands_per_second_per_user = 100000000
+bytes_per_second_per_connection = 1000000000
 [[backend]]
 name = "redis"
 protocol = "redis"
@@ -93,7 +106,7 @@ EOF
 BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$bin" run --config "$work/portcullis.toml" 2>"$work/portcullis.log" &
 portcullis_pid=$!
 pids+=($portcullis_pid)
-wait_port "$PP"; wait_port "$PT"
+{ wait_port "$PP" && wait_port "$PT"; } || { cat "$work/portcullis.log" >&2; exit 1; }
 
 baseline_pid=""; BP=""; BT=""
 if [[ -n "$baseline" ]]; then
@@ -103,7 +116,7 @@ if [[ -n "$baseline" ]]; then
     BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$baseline" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
     baseline_pid=$!
     pids+=($baseline_pid)
-    wait_port "$BP"; wait_port "$BT"
+    { wait_port "$BP" && wait_port "$BT"; } || { cat "$work/baseline.log" >&2; exit 1; }
 fi
 
 haproxy_pid=""; HP=""; HT=""
@@ -205,20 +218,20 @@ done
 
 machine="$(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d)"
 table=$(
-    echo "Machine: $machine. Command: \`N=$N scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients)."
+    echo "Machine: $machine. Command: \`N=$N WORKER_THREADS=$WORKER_THREADS scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients; rate limits on)."
     echo
     echo "| target | pipeline | GET req/s | SET req/s | GET p50 ms | proxy CPU µs/request |"
     echo "| --- | --- | --- | --- | --- | --- |"
     printf '%s\n' "${rows[@]}"
 )
 echo "$table"
-if $write; then
-    python3 - "$table" <<'PY'
+replace_block() {
+    python3 - "$1" "$2" <<'PY'
 import sys, re
-table = sys.argv[1]
+name, table = sys.argv[1], sys.argv[2]
 path = "BENCHMARKS.md"
 text = open(path).read()
-start, end = "<!-- bench-e2e:start -->", "<!-- bench-e2e:end -->"
+start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 block = f"{start}\n{table}\n{end}"
 if start in text:
     text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
@@ -226,4 +239,12 @@ else:
     text += "\n" + block + "\n"
 open(path, "w").write(text)
 PY
+}
+$write && replace_block bench-e2e "$table"
+
+if [[ "${PG:-1}" != 0 ]] && { command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }; then
+    echo
+    pg_table=$(PORTCULLIS_BIN="$bin" WORKER_THREADS="$WORKER_THREADS" scripts/bench-pg.sh)
+    echo "$pg_table"
+    $write && replace_block bench-pg "$pg_table"
 fi

@@ -6,6 +6,10 @@
 #
 #   scripts/bench-pg.sh            # T=10 seconds per run, 16 clients
 #
+# Environment: T, C (clients), PORTCULLIS_BIN (default target/release/portcullis,
+# built if missing), WORKER_THREADS (portcullis's runtime.worker_threads).
+# scripts/bench-e2e.sh runs this after its Redis part.
+#
 # Needs PostgreSQL server binaries (Debian: postgresql), pgbench; runs as root by
 # running PostgreSQL as the `postgres` user. Everything is on 127.0.0.1.
 set -euo pipefail
@@ -25,12 +29,16 @@ cleanup() {
 trap cleanup EXIT
 as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; exit 1; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
 
 PW="Bench-Pg-Secret-0123456789-abcdefXYZ"
 PGP=$(free_port)
-[[ -x target/release/portcullis ]] || cargo build --release --quiet
-bin=$PWD/target/release/portcullis
+if [[ -n "${PORTCULLIS_BIN:-}" ]]; then
+    bin=$(realpath "$PORTCULLIS_BIN")
+else
+    [[ -x target/release/portcullis ]] || cargo build --release --quiet
+    bin=$PWD/target/release/portcullis
+fi
 "$bin" gen-certs --out "$work/certs" >/dev/null
 mkdir -p "$work/pgtls" && cp "$work/certs/server.crt" "$work/certs/server.key" "$work/pgtls/"
 chown -R postgres "$work/pgtls" 2>/dev/null || true
@@ -48,8 +56,16 @@ export PGPASSWORD=$PW
 
 PX=$(free_port)
 cat >"$work/portcullis.toml" <<EOF
+[runtime]
+worker_threads = ${WORKER_THREADS:-0}
 [admin]
 enabled = false
+[limits]
+# On, as in production; far above this load, so they never delay it.
+max_connections_per_ip = 5000
+commands_per_second_per_ip = 100000000
+commands_per_second_per_user = 100000000
+bytes_per_second_per_connection = 1000000000
 [[backend]]
 name = "pg"
 protocol = "postgres"
@@ -69,10 +85,10 @@ key = "$work/certs/server.key"
 name = "bench"
 password = "\${BENCH_PW}"
 EOF
-BENCH_PW=$PW RUST_LOG=warn env ${PORTCULLIS_ENV:-} "$bin" run --config "$work/portcullis.toml" 2>/dev/null &
+BENCH_PW=$PW RUST_LOG=warn env ${PORTCULLIS_ENV:-} "$bin" run --config "$work/portcullis.toml" 2>"$work/portcullis.log" &
 portcullis_pid=$!
 pids+=($portcullis_pid)
-wait_port "$PX"
+wait_port "$PX" || { cat "$work/portcullis.log" >&2; exit 1; }
 
 bouncer_pid=""; BP=""
 if command -v pgbouncer >/dev/null; then
@@ -127,7 +143,7 @@ run "PostgreSQL direct (TLS)" "" "$PGP" require -C
 run "portcullis (TLS, SCRAM at the proxy)" "$portcullis_pid" "$PX" require -C
 [[ -n "$bouncer_pid" ]] && run "PgBouncer, session mode (TLS)" "$bouncer_pid" "$BP" require -C
 
-echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients)."
+echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`T=$T scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients; portcullis worker_threads=${WORKER_THREADS:-0})."
 echo
 echo "| target | extra pgbench flags | tps | proxy CPU µs/transaction |"
 echo "| --- | --- | --- | --- |"
