@@ -11,7 +11,12 @@ pub mod secret;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::redis::policy::CommandPolicy;
 use scram::ScramVerifier;
@@ -190,6 +195,77 @@ pub struct Users {
     mock_key: Secret,
     /// Iteration count of mock verifiers: the one most configured verifiers use.
     mock_iterations: u32,
+    /// Clear-text passwords verified lately.
+    verified: PasswordCache,
+}
+
+/// Clear-text passwords (Redis AUTH, PostgreSQL's password method) verified
+/// lately, so a client that logs in again within the TTL does not cost another
+/// PBKDF2: clients that open a connection per request (PHP, serverless, cron)
+/// would otherwise spend most of the proxy's CPU on key derivation.
+///
+/// Holds, per configured user, one keyed hash of the password that matched its
+/// verifier, under a key random per table (per config load: a reload starts
+/// empty). Only a password that matched is remembered, so a wrong guess always
+/// pays the full PBKDF2; a correct one is answered sooner, which tells the
+/// client nothing the reply does not. At most one entry per configured user.
+struct PasswordCache {
+    ttl: Duration,
+    key: Secret,
+    entries: Mutex<HashMap<String, Verified>>,
+}
+
+struct Verified {
+    at: Instant,
+    token: [u8; 32],
+}
+
+impl PasswordCache {
+    fn new(ttl: Duration) -> PasswordCache {
+        let mut key = [0u8; 32];
+        rand::Rng::fill(&mut rand::rngs::OsRng, &mut key);
+        PasswordCache {
+            ttl,
+            key: Secret::new(key.to_vec()),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn token(&self, name: &str, password: &[u8]) -> [u8; 32] {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(self.key.expose()).expect("HMAC takes any key length");
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(password);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `password` is the one `name` last logged in with, within the TTL.
+    fn hit(&self, name: &str, password: &[u8]) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let token = self.token(name, password);
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(name)
+            .is_some_and(|v| v.at.elapsed() < self.ttl && bool::from(v.token.ct_eq(&token)))
+    }
+
+    fn remember(&self, name: &str, password: &[u8]) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let token = self.token(name, password);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let at = Instant::now();
+        match entries.get_mut(name) {
+            Some(v) => *v = Verified { at, token },
+            None => {
+                entries.insert(name.to_owned(), Verified { at, token });
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Users {
@@ -234,7 +310,14 @@ impl Users {
             by_cert_name,
             mock_key: Secret::new(mock_key.to_vec()),
             mock_iterations,
+            verified: PasswordCache::new(Duration::ZERO),
         }
+    }
+
+    /// Remembers verified clear-text passwords this long (zero: never).
+    pub fn with_password_cache(mut self, ttl: Duration) -> Users {
+        self.verified = PasswordCache::new(ttl);
+        self
     }
 
     /// Iteration counts of configured verifiers that differ from the mock's
@@ -279,7 +362,30 @@ impl Users {
         self.by_name.is_empty()
     }
 
-    /// Checks a clear-text password (Redis AUTH). CPU-heavy (PBKDF2): call it off the reactor.
+    /// Checks a clear-text password against the passwords verified lately,
+    /// without PBKDF2: `None` when it is not one of them (then call
+    /// [`Users::authenticate_password`]). Cheap enough for the reactor.
+    pub fn authenticate_password_cached(
+        &self,
+        name: &[u8],
+        password: &[u8],
+        listener: &str,
+    ) -> Option<Result<Identity, AuthFailure>> {
+        let user = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| self.by_name.get(n))?;
+        user.verifier.as_ref()?;
+        if !self.verified.hit(&user.name, password) {
+            return None;
+        }
+        // A refusal takes the slow path, so it costs what any refusal costs.
+        self.admit(user, listener, AuthMethod::Password)
+            .ok()
+            .map(Ok)
+    }
+
+    /// Checks a clear-text password (Redis AUTH). CPU-heavy (PBKDF2) unless the
+    /// password was verified lately: call it off the reactor.
     ///
     /// Unknown users, users without a password, disabled users and users not
     /// allowed on this listener cost the same PBKDF2 as a real check, so the
@@ -298,7 +404,14 @@ impl Users {
             return Err(AuthFailure::UnknownUser);
         };
         let ok = match &user.verifier {
-            Some(v) => v.verify_password(password),
+            Some(v) => {
+                if self.verified.hit(&user.name, password) {
+                    if let Ok(identity) = self.admit(user, listener, AuthMethod::Password) {
+                        return Ok(identity);
+                    }
+                }
+                v.verify_password(password)
+            }
             None => {
                 self.mock_verifier(name).verify_password(password);
                 return Err(AuthFailure::NoPassword);
@@ -307,7 +420,11 @@ impl Users {
         if !ok {
             return Err(AuthFailure::WrongPassword);
         }
-        self.admit(user, listener, AuthMethod::Password)
+        let identity = self.admit(user, listener, AuthMethod::Password)?;
+        // Remembered only once admitted: a refused user's right password is not
+        // answered faster than a wrong one.
+        self.verified.remember(&user.name, password);
+        Ok(identity)
     }
 
     /// Maps verified certificate names (subject CN, then SANs) to a user.
@@ -407,6 +524,75 @@ mod tests {
         assert_eq!(
             users.authenticate_password(b"\xff", b"x", "l").err(),
             Some(AuthFailure::UnknownUser)
+        );
+    }
+
+    #[test]
+    fn verified_passwords_are_remembered() {
+        let mut disabled = user("d", "pw-d", None);
+        disabled.disabled = true;
+        let users = Users::new(vec![
+            user("a", "pw-a", None),
+            user("b", "pw-b", Some(vec!["l".into()])),
+            disabled,
+        ])
+        .with_password_cache(Duration::from_secs(60));
+        let cached = |name: &[u8], pw: &[u8], listener: &str| {
+            users
+                .authenticate_password_cached(name, pw, listener)
+                .map(|r| r.map(|i| (i.name().to_string(), i.method())))
+        };
+        assert_eq!(cached(b"a", b"pw-a", "l"), None, "not verified yet");
+        assert!(users.authenticate_password(b"a", b"nope", "l").is_err());
+        assert_eq!(
+            cached(b"a", b"nope", "l"),
+            None,
+            "a wrong password is not kept"
+        );
+        users
+            .authenticate_password(b"a", b"pw-a", "l")
+            .expect("right password");
+        assert_eq!(
+            cached(b"a", b"pw-a", "l"),
+            Some(Ok(("a".into(), AuthMethod::Password)))
+        );
+        assert_eq!(cached(b"a", b"pw-A", "l"), None);
+        assert_eq!(cached(b"zz", b"pw-a", "l"), None);
+        // A hit still goes through the listener check, and a refusal is not a hit.
+        users
+            .authenticate_password(b"b", b"pw-b", "l")
+            .expect("allowed on l");
+        assert_eq!(cached(b"b", b"pw-b", "other"), None);
+        assert_eq!(
+            users.authenticate_password(b"b", b"pw-b", "other").err(),
+            Some(AuthFailure::ListenerNotAllowed)
+        );
+        // A refused user's right password is never remembered.
+        assert_eq!(
+            users.authenticate_password(b"d", b"pw-d", "l").err(),
+            Some(AuthFailure::Disabled)
+        );
+        assert_eq!(cached(b"d", b"pw-d", "l"), None);
+    }
+
+    #[test]
+    fn remembered_passwords_expire() {
+        let users = Users::new(vec![user("a", "pw-a", None)])
+            .with_password_cache(Duration::from_millis(200));
+        users.authenticate_password(b"a", b"pw-a", "l").expect("ok");
+        assert!(users
+            .authenticate_password_cached(b"a", b"pw-a", "l")
+            .is_some());
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(users
+            .authenticate_password_cached(b"a", b"pw-a", "l")
+            .is_none());
+        let off = Users::new(vec![user("a", "pw-a", None)]);
+        off.authenticate_password(b"a", b"pw-a", "l").expect("ok");
+        assert!(
+            off.authenticate_password_cached(b"a", b"pw-a", "l")
+                .is_none(),
+            "off by default"
         );
     }
 

@@ -184,6 +184,8 @@ struct RawLimits {
     max_connections: usize,
     #[serde(default)]
     max_concurrent_auth: Option<usize>,
+    #[serde(default = "default_password_cache_ttl", with = "humantime_serde")]
+    password_cache_ttl: Duration,
     #[serde(default = "default_max_pipeline")]
     max_pipeline: usize,
     // Abuse controls (see `abuse.rs`); per-IP and per-connection ones may be overridden per listener.
@@ -231,6 +233,7 @@ impl Default for RawLimits {
             shutdown_grace: default_shutdown_grace(),
             max_connections: default_max_connections(),
             max_concurrent_auth: None,
+            password_cache_ttl: default_password_cache_ttl(),
             max_pipeline: default_max_pipeline(),
             max_connections_per_ip: None,
             new_connections_per_second_per_ip: None,
@@ -258,6 +261,9 @@ fn default_max_connections() -> usize {
 }
 fn default_max_pipeline() -> usize {
     4096
+}
+fn default_password_cache_ttl() -> Duration {
+    Duration::from_secs(300)
 }
 
 #[derive(Debug, Deserialize)]
@@ -784,7 +790,8 @@ impl Config {
             listeners,
             backends: backend_list,
             users: {
-                let users = Users::with_mock_key(users, mock_key);
+                let users = Users::with_mock_key(users, mock_key)
+                    .with_password_cache(raw.limits.password_cache_ttl);
                 let odd = users.odd_iteration_users();
                 if !odd.is_empty() {
                     warnings.push(format!(
