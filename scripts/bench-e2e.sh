@@ -111,9 +111,13 @@ pids+=($portcullis_pid)
 baseline_pid=""; BP=""; BT=""
 if [[ -n "$baseline" ]]; then
     BP=$(free_port); BT=$(free_port)
+    # An older build may not know [runtime]: the baseline gets the thread count from tokio's variable.
     sed -e "s/127.0.0.1:$PP\"/127.0.0.1:$BP\"/" -e "s/127.0.0.1:$PT\"/127.0.0.1:$BT\"/" \
+        -e '/^\[runtime\]$/d' -e '/^worker_threads = /d' \
         "$work/portcullis.toml" >"$work/baseline.toml"
-    BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$baseline" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
+    threads=()
+    [[ "$WORKER_THREADS" != 0 ]] && threads=(TOKIO_WORKER_THREADS="$WORKER_THREADS")
+    env "${threads[@]}" BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$baseline" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
     baseline_pid=$!
     pids+=($baseline_pid)
     { wait_port "$BP" && wait_port "$BT"; } || { cat "$work/baseline.log" >&2; exit 1; }
@@ -244,7 +248,7 @@ $write && replace_block bench-e2e "$table"
 
 if [[ "${PG:-1}" != 0 ]] && { command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }; then
     echo
-    pg_table=$(PORTCULLIS_BIN="$bin" WORKER_THREADS="$WORKER_THREADS" scripts/bench-pg.sh)
+    pg_table=$(PORTCULLIS_BIN="$bin" PORTCULLIS_BASELINE_BIN="$baseline" WORKER_THREADS="$WORKER_THREADS" scripts/bench-pg.sh)
     echo "$pg_table"
     $write && replace_block bench-pg "$pg_table"
 fi

@@ -7,7 +7,9 @@
 #   scripts/bench-pg.sh            # T=10 seconds per run, 16 clients
 #
 # Environment: T, C (clients), PORTCULLIS_BIN (default target/release/portcullis,
-# built if missing), WORKER_THREADS (portcullis's runtime.worker_threads).
+# built if missing), PORTCULLIS_BASELINE_BIN (a second build measured side by
+# side, e.g. the one before a change), WORKER_THREADS (portcullis's
+# runtime.worker_threads).
 # scripts/bench-e2e.sh runs this after its Redis part.
 #
 # Needs PostgreSQL server binaries (Debian: postgresql), pgbench; runs as root by
@@ -90,6 +92,20 @@ portcullis_pid=$!
 pids+=($portcullis_pid)
 wait_port "$PX" || { cat "$work/portcullis.log" >&2; exit 1; }
 
+baseline_pid=""; XB=""
+if [[ -n "${PORTCULLIS_BASELINE_BIN:-}" ]]; then
+    XB=$(free_port)
+    # An older build may not know [runtime]: the baseline gets the thread count from tokio's variable.
+    sed -e "s/127.0.0.1:$PX\"/127.0.0.1:$XB\"/" -e '/^\[runtime\]$/d' -e '/^worker_threads = /d' \
+        "$work/portcullis.toml" >"$work/baseline.toml"
+    threads=()
+    [[ "${WORKER_THREADS:-0}" != 0 ]] && threads=(TOKIO_WORKER_THREADS="$WORKER_THREADS")
+    env "${threads[@]}" BENCH_PW=$PW RUST_LOG=warn "$(realpath "$PORTCULLIS_BASELINE_BIN")" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
+    baseline_pid=$!
+    pids+=($baseline_pid)
+    wait_port "$XB" || { cat "$work/baseline.log" >&2; exit 1; }
+fi
+
 bouncer_pid=""; BP=""
 if command -v pgbouncer >/dev/null; then
     BP=$(free_port)
@@ -136,12 +152,12 @@ run() {
     fi
     rows+=("| $name | ${*:-} | ${tps:-?} | $us |")
 }
-run "PostgreSQL direct (TLS)" "" "$PGP" require
-run "portcullis (TLS, SCRAM at the proxy)" "$portcullis_pid" "$PX" require
-[[ -n "$bouncer_pid" ]] && run "PgBouncer, session mode (TLS)" "$bouncer_pid" "$BP" require
-run "PostgreSQL direct (TLS)" "" "$PGP" require -C
-run "portcullis (TLS, SCRAM at the proxy)" "$portcullis_pid" "$PX" require -C
-[[ -n "$bouncer_pid" ]] && run "PgBouncer, session mode (TLS)" "$bouncer_pid" "$BP" require -C
+for flags in "" -C; do
+    run "PostgreSQL direct (TLS)" "" "$PGP" require $flags
+    run "portcullis (TLS, SCRAM at the proxy)" "$portcullis_pid" "$PX" require $flags
+    [[ -n "$baseline_pid" ]] && run "portcullis baseline (TLS, SCRAM at the proxy)" "$baseline_pid" "$XB" require $flags
+    [[ -n "$bouncer_pid" ]] && run "PgBouncer, session mode (TLS)" "$bouncer_pid" "$BP" require $flags
+done
 
 echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`T=$T scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients; portcullis worker_threads=${WORKER_THREADS:-0})."
 echo
