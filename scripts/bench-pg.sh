@@ -132,6 +132,7 @@ EOF
     wait_port "$BP"
     # The process to measure is pgbouncer itself, not the runuser wrapper.
     bouncer_pid=$(pgrep -n -f "pgbouncer $work/pgbouncer.ini" | head -1)
+    pids+=($bouncer_pid)
 fi
 
 ticks=$(getconf CLK_TCK)
