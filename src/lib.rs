@@ -12,8 +12,9 @@
 //!   messages, a streaming framer), `messages` (one builder per message),
 //!   `session` (TLS negotiation, SCRAM at the proxy, then the relay),
 //!   `backend` (connect and log in), `cancel` (proxy keys → backend keys).
-//! - [`outbox`]: the write queue both relays use; [`pool`]: idle logged-in
-//!   backend sessions kept for reuse (bounds and expiry only, no I/O).
+//! - [`outbox`]: the write queue both relays use; [`relay`]: what else their
+//!   poll loops share (shutdown and reload waits, timers, reads); [`pool`]:
+//!   idle logged-in backend sessions kept for reuse (bounds and expiry only, no I/O).
 //! - [`limits`]: pure abuse-control policy (token buckets, connection caps,
 //!   login backoff, log sampling); [`guards`]: their runtime instances and the
 //!   [`guards::Admission`] permits a session holds; [`proxy_protocol`]: PROXY v1/v2.
@@ -46,6 +47,7 @@ pub mod pool;
 pub mod postgres;
 pub mod proxy_protocol;
 pub mod redis;
+pub mod relay;
 pub mod server;
 pub mod stream;
 pub mod tls;

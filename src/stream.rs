@@ -174,13 +174,3 @@ impl ClientStream {
         matches!(self, ClientStream::Tls(_))
     }
 }
-
-/// Reads into `buf` at most `cap` bytes (a byte budget's burst).
-pub async fn read_capped<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut BytesMut,
-    cap: usize,
-) -> io::Result<usize> {
-    use tokio::io::AsyncReadExt;
-    r.take(cap as u64).read_buf(buf).await
-}

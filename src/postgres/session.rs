@@ -13,11 +13,14 @@
 //! 5. **relay**: framed messages both ways, bounded in size, unchanged.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
@@ -39,9 +42,10 @@ use crate::limits::backoff::AuthVerdict;
 use crate::limits::rate::Rate;
 use crate::limits::Action;
 use crate::logging::escape;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, COPY_MAX};
 use crate::pool::Put;
-use crate::server::Context;
+use crate::relay::{poll_read_into, Cancelled, Reloads, Timer, READ_CHUNK};
+use crate::server::{Context, UsersEpoch};
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
 
 /// First byte of a TLS handshake record: a client doing PG17 direct TLS.
@@ -52,9 +56,6 @@ const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 /// Bytes queued towards either side before the proxy stops reading the other.
 const OUT_CAP: usize = 256 * 1024;
-
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// SQLSTATE codes used here.
 mod sqlstate {
@@ -115,8 +116,10 @@ impl Conn {
 /// Serves one accepted connection to the end, logging how it ended.
 pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr, admission: Admission) {
     let result = tokio::select! {
+        // The session first: its relay says goodbye with a FATAL on shutdown.
+        biased;
         r = run(ctx, tcp, peer, admission) => r,
-        _ = ctx.close.cancelled() => Err(SessionError::Shutdown),
+        _ = Cancelled::new(&ctx.close) => Err(SessionError::Shutdown),
     };
     match result {
         Ok(()) => debug!(event = "session_end", listener = %ctx.listener.name, %peer),
@@ -263,15 +266,11 @@ async fn run(
     debug!(event = "session_ready", listener = %ctx.listener.name, %peer, user = %identity.name());
 
     let max = ctx.listener.postgres.max_message_size;
-    let (crd, cwr) = tokio::io::split(conn.stream);
-    let (brd, bwr) = tokio::io::split(session.stream);
     let mut relay = Relay {
         ctx,
         max,
-        crd,
-        cwr,
-        brd,
-        bwr,
+        client: conn.stream,
+        backend: session.stream,
         client_in: conn.buf,
         backend_in: session.leftover,
         to_client: Outbox::default(),
@@ -288,13 +287,17 @@ async fn run(
         commands_paused_until: None,
         reads_paused_until: None,
         last_activity: Instant::now(),
+        idle_check_at: ctx.listener.limits.idle_timeout.map(|d| Instant::now() + d),
+        idle_timer: Timer::default(),
+        pause_timer: Timer::default(),
         ready_owed: 0,
         ready_seen: 0,
         status: b'I',
         skipping: false,
         dropping: false,
         owed: VecDeque::new(),
-        reloads: ctx.reloads.clone(),
+        reloads: Reloads::new(&ctx.reloads),
+        close: Cancelled::new(&ctx.close),
         identity: identity.clone(),
         pooling: pooling.is_some(),
         unsynced: false,
@@ -303,8 +306,7 @@ async fn run(
     drop(registration);
     let reusable = result.is_ok() && relay.reusable();
     let Relay {
-        brd,
-        bwr,
+        backend: stream,
         admission,
         ..
     } = relay;
@@ -312,7 +314,7 @@ async fn run(
     drop(admission);
     if let Some((pool, key)) = pooling {
         let idle = pool::Idle {
-            stream: brd.unsplit(bwr),
+            stream,
             params,
             key: backend_key,
         };
@@ -976,14 +978,14 @@ fn rate_limited_error() -> Bytes {
     )
 }
 
-/// Phase 5: framed relay in both directions.
+/// Phase 5: framed relay in both directions. Both connections are driven
+/// from this one task, whole: no `split`, so no lock between a stream's read
+/// and write halves on every poll.
 struct Relay<'a> {
     ctx: &'a Arc<Context>,
     max: usize,
-    crd: ReadHalf<ClientStream>,
-    cwr: WriteHalf<ClientStream>,
-    brd: ReadHalf<BackendStream>,
-    bwr: WriteHalf<BackendStream>,
+    client: ClientStream,
+    backend: BackendStream,
     client_in: BytesMut,
     backend_in: BytesMut,
     to_client: Outbox,
@@ -1000,8 +1002,14 @@ struct Relay<'a> {
     commands_paused_until: Option<Instant>,
     /// The client is not read before this (byte rate).
     reads_paused_until: Option<Instant>,
-    /// Last byte from the client (idle timeout).
+    /// Last byte from the client (kept only with an idle timeout).
     last_activity: Instant,
+    /// When the session may have been idle for the idle timeout (when one is set).
+    idle_check_at: Option<Instant>,
+    /// Fires at `idle_check_at`.
+    idle_timer: Timer,
+    /// Fires at the end of a pause (`commands_paused_until`, `reads_paused_until`).
+    pause_timer: Timer,
     /// ReadyForQuery messages the backend owes for forwarded Query/Sync/FunctionCall.
     ready_owed: u64,
     /// ReadyForQuery messages seen from the backend.
@@ -1016,7 +1024,9 @@ struct Relay<'a> {
     /// Errors the proxy owes, each due when the backend's ReadyForQuery count reaches its mark.
     owed: VecDeque<Owed>,
     /// Reloads, to close the session if its user was removed (when so configured).
-    reloads: tokio::sync::watch::Receiver<crate::server::UsersEpoch>,
+    reloads: Reloads,
+    /// Shutdown: the client gets a FATAL, as from PostgreSQL.
+    close: Cancelled,
     /// Who the session runs as.
     identity: Identity,
     /// The backend session may be reused: Terminate is not forwarded.
@@ -1032,6 +1042,24 @@ enum Owed {
     AfterReady(u64),
     /// A refused Execute: ErrorResponse just before the ReadyForQuery that answers the Sync.
     BeforeReady(u64),
+}
+
+/// What woke the relay.
+enum Event {
+    /// Bytes were read, or a write made room: process what is buffered.
+    Io,
+    /// The client closed its side.
+    ClientClosed,
+    /// The backend closed its side.
+    BackendClosed,
+    /// The proxy is shutting down.
+    Shutdown,
+    /// The users were reloaded.
+    Reload(UsersEpoch),
+    /// A pause (command rate, byte rate) may be over.
+    Paused,
+    /// The idle timeout (this long) may have passed.
+    IdleCheck(std::time::Duration),
 }
 
 impl Relay<'_> {
@@ -1054,15 +1082,8 @@ impl Relay<'_> {
     async fn run(&mut self) -> Result<(), SessionError> {
         loop {
             if let Err(e) = self.pump_client() {
-                if self.backend_framer.at_boundary() {
-                    let msg = messages::error_response(
-                        Severity::Fatal,
-                        sqlstate::PROTOCOL_VIOLATION,
-                        &e.to_string(),
-                    );
-                    self.to_client.push(msg);
-                    self.flush_client().await;
-                }
+                self.say_fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+                    .await;
                 self.ctx.metrics.refused("protocol_error");
                 return Err(SessionError::ClientProtocol(e.to_string()));
             }
@@ -1070,117 +1091,186 @@ impl Relay<'_> {
                 .map_err(|e| SessionError::Backend(BackendError::Protocol(e.to_string())))?;
             if self.terminating && !self.to_backend.wants_write() {
                 if !self.pooling {
-                    let _ = self.bwr.shutdown().await;
+                    let _ = self.backend.shutdown().await;
                 }
                 self.flush_client().await;
                 return Ok(());
             }
-            let now = Instant::now();
-            if self.reads_paused_until.is_some_and(|t| t <= now) {
-                // The byte debt of the last read must be paid before the next one.
-                self.reads_paused_until = self
-                    .bytes_rate
-                    .as_mut()
-                    .and_then(ByteBudget::settle)
-                    .map(|wait| now + wait);
-            }
-            let read_cap = self
-                .bytes_rate
-                .as_ref()
-                .map_or(usize::MAX, ByteBudget::read_cap);
-            let read_client = !self.terminating
-                && self.reads_paused_until.is_none()
-                && self.to_backend.len < OUT_CAP
-                && self.client_in.len() < READ_CHUNK * 4;
-            let read_backend =
-                self.to_client.len < OUT_CAP && self.backend_in.len() < READ_CHUNK * 4;
-            if read_client {
-                self.client_in.reserve(READ_CHUNK);
-            }
-            if read_backend {
-                self.backend_in.reserve(READ_CHUNK);
-            }
-            let wake = [self.commands_paused_until, self.reads_paused_until]
-                .into_iter()
-                .flatten()
-                .min();
-            let idle_at = self
-                .ctx
-                .listener
-                .limits
-                .idle_timeout
-                .map(|d| self.last_activity + d);
-            tokio::select! {
-                r = crate::stream::read_capped(&mut self.crd, &mut self.client_in, read_cap), if read_client => {
-                    match r.map_err(SessionError::ClientIo)? {
-                        0 => return Ok(()),
-                        n => {
-                            self.ctx.metrics.bytes_in.inc_by(n as u64);
-                            self.last_activity = Instant::now();
-                            if let Some(budget) = &mut self.bytes_rate {
-                                if let Some(wait) = budget.charge(n) {
-                                    self.reads_paused_until = Some(Instant::now() + wait);
-                                }
-                            }
-                        }
-                    }
+            if let Some(until) = self.reads_paused_until {
+                let now = Instant::now();
+                if until <= now {
+                    // The byte debt of the last read must be paid before the next one.
+                    self.reads_paused_until = self
+                        .bytes_rate
+                        .as_mut()
+                        .and_then(ByteBudget::settle)
+                        .map(|wait| now + wait);
                 }
-                Ok(()) = self.reloads.changed() => {
-                    let epoch = self.reloads.borrow_and_update().clone();
+            }
+            match std::future::poll_fn(|cx| self.poll_io(cx)).await? {
+                Event::Io => {}
+                Event::ClientClosed => return Ok(()),
+                Event::BackendClosed => {
+                    // The backend ended the session (it sent its FATAL first, if any).
+                    self.pump_backend().map_err(|e| {
+                        SessionError::Backend(BackendError::Protocol(e.to_string()))
+                    })?;
+                    self.flush_client().await;
+                    return Err(BackendError::Closed.into());
+                }
+                Event::Shutdown => {
+                    self.say_fatal(
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command",
+                    )
+                    .await;
+                    return Err(SessionError::Shutdown);
+                }
+                Event::Reload(epoch) => {
                     if self.ctx.must_close(&epoch, &self.identity) {
                         self.ctx.metrics.refused("user_removed");
-                        if self.backend_framer.at_boundary() {
-                            let msg = messages::error_response(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN,
-                                "terminating connection: the user was removed");
-                            self.to_client.push(msg);
-                            self.flush_client().await;
-                        }
+                        self.say_fatal(
+                            sqlstate::ADMIN_SHUTDOWN,
+                            "terminating connection: the user was removed",
+                        )
+                        .await;
                         return Err(SessionError::Limit("user_removed"));
                     }
                 }
-                _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
-                    if self.commands_paused_until.is_some_and(|t| t <= Instant::now()) {
+                Event::Paused => {
+                    if self
+                        .commands_paused_until
+                        .is_some_and(|t| t <= Instant::now())
+                    {
                         self.commands_paused_until = None;
                     }
                 }
-                _ = tokio::time::sleep_until(idle_at.unwrap_or(now)), if idle_at.is_some() => {
-                    if self.ready_seen >= self.ready_owed && idle_at.is_some_and(|t| t <= Instant::now()) {
-                        self.ctx.metrics.refused("idle_timeout");
-                        if self.backend_framer.at_boundary() {
-                            let msg = messages::error_response(Severity::Fatal, sqlstate::IDLE_SESSION_TIMEOUT,
-                                "terminating connection due to idle-session timeout");
-                            self.to_client.push(msg);
-                            self.flush_client().await;
+                Event::IdleCheck(d) => {
+                    let now = Instant::now();
+                    if self.last_activity + d <= now {
+                        if self.ready_seen >= self.ready_owed {
+                            self.ctx.metrics.refused("idle_timeout");
+                            self.say_fatal(
+                                sqlstate::IDLE_SESSION_TIMEOUT,
+                                "terminating connection due to idle-session timeout",
+                            )
+                            .await;
+                            return Err(SessionError::Limit("idle_timeout"));
                         }
-                        return Err(SessionError::Limit("idle_timeout"));
+                        // Answers are still owed: not idle. Look again a full period from now.
+                        self.last_activity = now;
                     }
-                    self.last_activity = Instant::now();
-                }
-                r = self.brd.read_buf(&mut self.backend_in), if read_backend => {
-                    if r.map_err(|e| SessionError::Backend(BackendError::Io(e)))? == 0 {
-                        // The backend ended the session (it sent its FATAL first, if any).
-                        self.pump_backend().map_err(|e| SessionError::Backend(BackendError::Protocol(e.to_string())))?;
-                        self.flush_client().await;
-                        return Err(BackendError::Closed.into());
-                    }
-                }
-                r = self.to_backend.write_to(&mut self.bwr), if self.to_backend.wants_write() => {
-                    r.map_err(|e| SessionError::Backend(BackendError::Io(e)))?;
-                }
-                r = self.to_client.write_to(&mut self.cwr), if self.to_client.wants_write() => {
-                    let n = r.map_err(SessionError::ClientIo)?;
-                    self.ctx.metrics.bytes_out.inc_by(n as u64);
-                }
-                _ = self.ctx.close.cancelled() => {
-                    if self.backend_framer.at_boundary() {
-                        let msg = messages::error_response(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN,
-                            "terminating connection due to administrator command");
-                        self.to_client.push(msg);
-                        self.flush_client().await;
-                    }
-                    return Err(SessionError::Shutdown);
+                    self.idle_check_at = Some(self.last_activity + d);
                 }
             }
+        }
+    }
+
+    /// Drives both sockets from this one task: writes what is queued, then
+    /// reads what has arrived, and returns as soon as there is something to
+    /// process; otherwise waits on the sockets, the timers, reloads and
+    /// shutdown at once. Nothing is built per call (no futures of `select!`
+    /// branches, no timer registrations).
+    fn poll_io(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Event, SessionError>> {
+        // A write that makes room for more work only matters when something
+        // waits for that room (a full queue) or for the queue to empty (Terminate).
+        let stalled =
+            self.terminating || self.to_backend.len >= OUT_CAP || self.to_client.len >= OUT_CAP;
+        let mut progress = false;
+        if self.to_backend.wants_write() {
+            let n = self
+                .to_backend
+                .poll_drain(cx, &mut self.backend)
+                .map_err(|e| SessionError::Backend(BackendError::Io(e)))?;
+            progress |= stalled && (n > 0 || !self.to_backend.wants_write());
+        }
+        if self.to_client.wants_write() {
+            let n = self
+                .to_client
+                .poll_drain(cx, &mut self.client)
+                .map_err(SessionError::ClientIo)?;
+            if n > 0 {
+                self.ctx.metrics.bytes_out.inc_by(n as u64);
+            }
+            progress |= stalled && (n > 0 || !self.to_client.wants_write());
+        }
+
+        let read_client = !self.terminating
+            && self.reads_paused_until.is_none()
+            && self.to_backend.len < OUT_CAP
+            && self.client_in.len() < READ_CHUNK * 4;
+        if read_client {
+            let cap = self
+                .bytes_rate
+                .as_ref()
+                .map_or(usize::MAX, ByteBudget::read_cap);
+            match poll_read_into(cx, &mut self.client, &mut self.client_in, cap) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
+                Poll::Ready(Ok(n)) => {
+                    progress = true;
+                    self.ctx.metrics.bytes_in.inc_by(n as u64);
+                    if self.idle_check_at.is_some() {
+                        self.last_activity = Instant::now();
+                    }
+                    if let Some(budget) = &mut self.bytes_rate {
+                        if let Some(wait) = budget.charge(n) {
+                            // Over the byte rate: what was read is relayed, the next read waits.
+                            self.reads_paused_until = Some(Instant::now() + wait);
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                Poll::Pending => {}
+            }
+        }
+        let read_backend = self.to_client.len < OUT_CAP && self.backend_in.len() < READ_CHUNK * 4;
+        if read_backend {
+            match poll_read_into(cx, &mut self.backend, &mut self.backend_in, usize::MAX) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::BackendClosed)),
+                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Err(SessionError::Backend(BackendError::Io(e))))
+                }
+                Poll::Pending => {}
+            }
+        }
+        if progress {
+            // A session with bytes always moving still gets here: once the
+            // task's cooperative budget is spent, the sockets return Pending.
+            return Poll::Ready(Ok(Event::Io));
+        }
+
+        if Pin::new(&mut self.close).poll(cx).is_ready() {
+            return Poll::Ready(Ok(Event::Shutdown));
+        }
+        if let Poll::Ready(epoch) = self.reloads.poll_reload(cx) {
+            return Poll::Ready(Ok(Event::Reload(epoch)));
+        }
+        let wake = match (self.commands_paused_until, self.reads_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(deadline) = wake {
+            if self.pause_timer.poll_until(cx, deadline).is_ready() {
+                return Poll::Ready(Ok(Event::Paused));
+            }
+        }
+        if let (Some(at), Some(d)) = (self.idle_check_at, self.ctx.listener.limits.idle_timeout) {
+            if self.idle_timer.poll_until(cx, at).is_ready() {
+                return Poll::Ready(Ok(Event::IdleCheck(d)));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Ends the session as PostgreSQL would: a FATAL ErrorResponse, unless a
+    /// backend message is half relayed (the client would misread it), then
+    /// what is queued for the client.
+    async fn say_fatal(&mut self, code: &str, text: &str) {
+        if self.backend_framer.at_boundary() {
+            let msg = messages::error_response(Severity::Fatal, code, text);
+            self.to_client.push(msg);
+            self.flush_client().await;
         }
     }
 
@@ -1257,7 +1347,7 @@ impl Relay<'_> {
                 run += take;
             } else {
                 self.forward_run(&mut run);
-                let _ = self.client_in.split_to(take);
+                self.client_in.advance(take);
             }
         }
         self.forward_run(&mut run);
@@ -1266,20 +1356,12 @@ impl Relay<'_> {
 
     /// Queues the first `run` bytes of `client_in` for the backend as one chunk.
     fn forward_run(&mut self, run: &mut usize) {
-        if *run > 0 {
-            let chunk = self.client_in.split_to(*run).freeze();
-            self.to_backend.push(chunk);
-            *run = 0;
-        }
+        queue_front(&mut self.client_in, run, &mut self.to_backend);
     }
 
     /// Queues the first `run` bytes of `backend_in` for the client as one chunk.
     fn relay_run(&mut self, run: &mut usize) {
-        if *run > 0 {
-            let chunk = self.backend_in.split_to(*run).freeze();
-            self.to_client.push(chunk);
-            *run = 0;
-        }
+        queue_front(&mut self.backend_in, run, &mut self.to_client);
     }
 
     /// A Query or Execute over its rate in reject mode: it is dropped, and the
@@ -1311,9 +1393,7 @@ impl Relay<'_> {
             }
             self.owed.pop_front();
             self.to_client.push(rate_limited_error());
-            let mut z = BytesMut::with_capacity(6);
-            z.extend_from_slice(&[b'Z', 0, 0, 0, 5, self.status]);
-            self.to_client.push(z.freeze());
+            self.to_client.push_slice(&[b'Z', 0, 0, 0, 5, self.status]);
         }
     }
 
@@ -1362,13 +1442,28 @@ impl Relay<'_> {
     async fn flush_client(&mut self) {
         let flush = async {
             while self.to_client.wants_write() {
-                if self.to_client.write_to(&mut self.cwr).await.is_err() {
+                if self.to_client.write_to(&mut self.client).await.is_err() {
                     break;
                 }
             }
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), flush).await;
     }
+}
+
+/// Moves the first `run` bytes of `buf` to `out` and sets `run` to 0. Small
+/// runs are copied, so `buf` stays unshared and is rewound in place; large
+/// ones are handed over without a copy.
+fn queue_front(buf: &mut BytesMut, run: &mut usize, out: &mut Outbox) {
+    match *run {
+        0 => {}
+        n if n <= COPY_MAX => {
+            out.push_slice(&buf[..n]);
+            buf.advance(n);
+        }
+        n => out.push(buf.split_to(n).freeze()),
+    }
+    *run = 0;
 }
 
 #[cfg(test)]

@@ -10,9 +10,7 @@
 //!    the proxy's own included, goes back in request order.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
@@ -35,6 +33,7 @@ use crate::limits::rate::Rate;
 use crate::limits::Action;
 use crate::logging::escape;
 use crate::outbox::Outbox;
+use crate::relay::{poll_read_into, Cancelled, Reloads, Timer, READ_CHUNK};
 use crate::server::Context;
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
 
@@ -50,9 +49,6 @@ const REPLY_STREAM_AFTER: usize = 64 * 1024;
 
 /// Bytes queued towards either side before the proxy stops reading the other.
 const OUT_CAP: usize = 256 * 1024;
-
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// The reply to a command over its rate in `reject` mode.
 const RATE_LIMITED: &[u8] = b"-ERR rate limit exceeded\r\n";
@@ -74,44 +70,6 @@ pub async fn serve(ctx: &Arc<Context>, tcp: ClientTcp, peer: SocketAddr, admissi
             }
             info!(event = "session_end", listener = %ctx.listener.name, %peer, side = ?e.side(), reason = e.label(), error = %e);
         }
-    }
-}
-
-/// Waits for `token` like `token.cancelled()`, but re-registers with the token
-/// (under its lock) only when the task's waker changes, not on every poll of
-/// the session: a busy relay is polled a few times per request.
-struct Cancelled<'a> {
-    token: &'a tokio_util::sync::CancellationToken,
-    wait: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    waker: Option<std::task::Waker>,
-}
-
-impl<'a> Cancelled<'a> {
-    fn new(token: &'a tokio_util::sync::CancellationToken) -> Self {
-        Cancelled {
-            token,
-            wait: Box::pin(token.clone().cancelled_owned()),
-            waker: None,
-        }
-    }
-}
-
-impl Future for Cancelled<'_> {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.token.is_cancelled() {
-            return Poll::Ready(());
-        }
-        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            return Poll::Pending;
-        }
-        let this = &mut *self;
-        let polled = this.wait.as_mut().poll(cx);
-        if polled.is_pending() {
-            this.waker = Some(cx.waker().clone());
-        }
-        polled
     }
 }
 
@@ -231,16 +189,11 @@ async fn run(
         commands_paused_until: None,
         reads_paused_until: None,
         last_activity: Instant::now(),
-        idle_timer: ctx
-            .listener
-            .limits
-            .idle_timeout
-            .map(|d| Box::pin(tokio::time::sleep(d))),
-        pause_timer: None,
-        reload: Some(wait_reload(ctx.reloads.clone())),
+        idle_check_at: ctx.listener.limits.idle_timeout.map(|d| Instant::now() + d),
+        idle_timer: Timer::default(),
+        pause_timer: Timer::default(),
+        reloads: Reloads::new(&ctx.reloads),
         last_command: None,
-        reload_waker: None,
-        reload_probe: ctx.reloads.clone(),
     };
     let result = relay.run().await;
     let Some(pool) = pool else {
@@ -841,28 +794,16 @@ struct Relay<'a> {
     reads_paused_until: Option<Instant>,
     /// Last byte from the client (kept only with an idle timeout).
     last_activity: Instant,
-    /// Fires when the session may have been idle for the idle timeout (when one is set).
-    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the session may have been idle for the idle timeout (when one is set).
+    idle_check_at: Option<Instant>,
+    /// Fires at `idle_check_at`.
+    idle_timer: Timer,
     /// Fires at the end of a pause (`commands_paused_until`, `reads_paused_until`).
-    pause_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    pause_timer: Timer,
     /// Reloads, to close the session if its user was removed (when so configured).
-    reload: Option<ReloadWait>,
+    reloads: Reloads,
     /// The command table entry of the last command seen.
     last_command: Option<&'static super::commands::CommandSpec>,
-    /// The waker `reload` was last polled with.
-    reload_waker: Option<std::task::Waker>,
-    /// A second receiver, to see a reload without polling `reload`.
-    reload_probe: UsersReloads,
-}
-
-/// Resolves to the receiver once the users are reloaded, `None` if the sender is gone.
-type ReloadWait = Pin<Box<dyn Future<Output = Option<UsersReloads>> + Send>>;
-type UsersReloads = tokio::sync::watch::Receiver<crate::server::UsersEpoch>;
-
-/// Waits for the next reload. Owned (the receiver moves in and comes back out),
-/// so the relay builds it once per reload, not on every wait.
-fn wait_reload(mut rx: UsersReloads) -> ReloadWait {
-    Box::pin(async move { rx.changed().await.ok().map(|()| rx) })
 }
 
 /// What woke the relay.
@@ -873,30 +814,12 @@ enum Event {
     ClientClosed,
     /// The backend closed its side.
     BackendClosed,
-    /// The users were reloaded (`None`: no more reloads will come).
-    Reload(Option<UsersReloads>),
+    /// The users were reloaded.
+    Reload(crate::server::UsersEpoch),
     /// A pause (command rate, byte rate) may be over.
     Paused,
     /// The idle timeout (this long) may have passed.
     IdleCheck(std::time::Duration),
-}
-
-/// Reads what has arrived into `buf` (at most `cap` bytes), making room first.
-fn poll_read_into<R: tokio::io::AsyncRead + Unpin>(
-    cx: &mut TaskContext<'_>,
-    r: &mut R,
-    buf: &mut BytesMut,
-    cap: usize,
-) -> Poll<std::io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        // Usually no allocation: an emptied, unshared buffer is rewound in place.
-        buf.reserve(READ_CHUNK);
-    }
-    if cap == usize::MAX {
-        std::pin::pin!(r.read_buf(buf)).poll(cx)
-    } else {
-        std::pin::pin!(r.take(cap as u64).read_buf(buf)).poll(cx)
-    }
 }
 
 impl Relay<'_> {
@@ -963,11 +886,7 @@ impl Relay<'_> {
                     self.process_backend()?;
                     return Err(BackendError::Closed.into());
                 }
-                Event::Reload(rx) => {
-                    self.reload_probe.mark_unchanged();
-                    let Some(mut rx) = rx else { continue };
-                    let epoch = rx.borrow_and_update().clone();
-                    self.reload = Some(wait_reload(rx));
+                Event::Reload(epoch) => {
                     if self.ctx.must_close(&epoch, &self.identity) {
                         self.ctx.metrics.refused("user_removed");
                         info!(event = "session_closed", listener = %self.ctx.listener.name, peer = %self.peer,
@@ -998,9 +917,7 @@ impl Relay<'_> {
                         // Replies are still owed: not idle. Look again a full period from now.
                         self.last_activity = now;
                     }
-                    if let Some(t) = &mut self.idle_timer {
-                        t.as_mut().reset(self.last_activity + d);
-                    }
+                    self.idle_check_at = Some(self.last_activity + d);
                 }
             }
         }
@@ -1052,7 +969,7 @@ impl Relay<'_> {
                 Poll::Ready(Ok(n)) => {
                     progress = true;
                     self.ctx.metrics.bytes_in.inc_by(n as u64);
-                    if self.idle_timer.is_some() {
+                    if self.idle_check_at.is_some() {
                         self.last_activity = Instant::now();
                     }
                     if let Some(budget) = &mut self.bytes_rate {
@@ -1082,43 +999,20 @@ impl Relay<'_> {
             return Poll::Ready(Ok(Event::Io));
         }
 
-        if let Some(wait) = &mut self.reload {
-            // Polling the wait re-registers the waker under the channel's lock:
-            // skip it while the registration stands and the version is unchanged.
-            let registered = self
-                .reload_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()));
-            if !registered || self.reload_probe.has_changed().unwrap_or(true) {
-                match wait.as_mut().poll(cx) {
-                    Poll::Ready(rx) => {
-                        self.reload = None;
-                        self.reload_waker = None;
-                        return Poll::Ready(Ok(Event::Reload(rx)));
-                    }
-                    Poll::Pending => self.reload_waker = Some(cx.waker().clone()),
-                }
-            }
+        if let Poll::Ready(epoch) = self.reloads.poll_reload(cx) {
+            return Poll::Ready(Ok(Event::Reload(epoch)));
         }
         let wake = match (self.commands_paused_until, self.reads_paused_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         if let Some(deadline) = wake {
-            let timer = self
-                .pause_timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            if timer.as_mut().poll(cx).is_ready() {
+            if self.pause_timer.poll_until(cx, deadline).is_ready() {
                 return Poll::Ready(Ok(Event::Paused));
             }
         }
-        if let (Some(timer), Some(d)) =
-            (&mut self.idle_timer, self.ctx.listener.limits.idle_timeout)
-        {
-            if timer.as_mut().poll(cx).is_ready() {
+        if let (Some(at), Some(d)) = (self.idle_check_at, self.ctx.listener.limits.idle_timeout) {
+            if self.idle_timer.poll_until(cx, at).is_ready() {
                 return Poll::Ready(Ok(Event::IdleCheck(d)));
             }
         }

@@ -1,0 +1,298 @@
+//! What the Redis and PostgreSQL relays share to drive both sockets of a
+//! session from one hand-written poll function instead of a `select!` per
+//! request: a `select!` builds every branch's future on each turn, and each of
+//! those re-registers its waker (a timer entry, a lock in the watch channel or
+//! the cancellation token) on every poll. These are built once, and polling
+//! them between events takes no lock.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::server::UsersEpoch;
+
+/// Read buffer growth step: a few TLS records, most requests and replies whole.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Reads what has arrived into `buf` (at most `cap` bytes; `usize::MAX`: no cap),
+/// making room first.
+pub fn poll_read_into<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    r: &mut R,
+    buf: &mut BytesMut,
+    cap: usize,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+        // Usually no allocation: an emptied, unshared buffer is rewound in place.
+        buf.reserve(READ_CHUNK);
+    }
+    if cap == usize::MAX {
+        std::pin::pin!(r.read_buf(buf)).poll(cx)
+    } else {
+        std::pin::pin!(r.take(cap as u64).read_buf(buf)).poll(cx)
+    }
+}
+
+/// Wakes the task for a source of rare events (shutdown, reloads) and notes
+/// that the source is worth polling again.
+struct Flag {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(w) = task {
+            w.wake();
+        }
+    }
+}
+
+/// Polls a future that rarely resolves from a session polled a few times per
+/// request. The future is polled with a waker of its own, so its registration
+/// (under the source's lock: the cancellation token's, the watch channel's)
+/// stands for good, and it is polled again only after that waker fired:
+/// otherwise a poll is an atomic swap and a waker comparison.
+struct RarePoll {
+    flag: Arc<Flag>,
+    waker: Waker,
+    /// The task waker `flag` passes wake-ups to.
+    task: Option<Waker>,
+}
+
+impl RarePoll {
+    fn new() -> Self {
+        let flag = Arc::new(Flag {
+            // The first poll registers.
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        RarePoll {
+            waker: Waker::from(flag.clone()),
+            flag,
+            task: None,
+        }
+    }
+
+    fn poll<F: Future + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        fut: Pin<&mut F>,
+    ) -> Poll<F::Output> {
+        if !self.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let w = cx.waker().clone();
+            *self
+                .flag
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(w.clone());
+            self.task = Some(w);
+        }
+        // A load first: the read-modify-write only once woken.
+        if !self.flag.woken.load(Ordering::Acquire)
+            || !self.flag.woken.swap(false, Ordering::AcqRel)
+        {
+            return Poll::Pending;
+        }
+        fut.poll(&mut Context::from_waker(&self.waker))
+    }
+
+    /// The next poll polls (a new future).
+    fn rearm(&self) {
+        self.flag.woken.store(true, Ordering::Release);
+    }
+}
+
+/// Waits for a token like `token.cancelled()`, but without taking the token's
+/// lock on every poll (see [`RarePoll`]): a busy session is polled a few times
+/// per request, and every session shares the token.
+pub struct Cancelled {
+    wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    poll: RarePoll,
+}
+
+impl Cancelled {
+    /// Waits for `token`.
+    pub fn new(token: &CancellationToken) -> Self {
+        Cancelled {
+            wait: Box::pin(token.clone().cancelled_owned()),
+            poll: RarePoll::new(),
+        }
+    }
+}
+
+impl Future for Cancelled {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        this.poll.poll(cx, this.wait.as_mut())
+    }
+}
+
+type UsersReloads = tokio::sync::watch::Receiver<UsersEpoch>;
+
+/// Resolves to the receiver once the users are reloaded, `None` if the sender is gone.
+type ReloadWait = Pin<Box<dyn Future<Output = Option<UsersReloads>> + Send>>;
+
+/// Waits for the next reload. Owned (the receiver moves in and comes back out),
+/// so it is built once per reload, not on every wait.
+fn wait_reload(mut rx: UsersReloads) -> ReloadWait {
+    Box::pin(async move { rx.changed().await.ok().map(|()| rx) })
+}
+
+/// The users' reloads, as a session waits for them (to close when its user
+/// was removed), without the channel's lock on every poll (see [`RarePoll`]).
+pub struct Reloads {
+    /// `None` once the sender is gone: no reload will come.
+    wait: Option<ReloadWait>,
+    poll: RarePoll,
+}
+
+impl Reloads {
+    /// Waits for reloads after the one `rx` has seen.
+    pub fn new(rx: &UsersReloads) -> Self {
+        Reloads {
+            wait: Some(wait_reload(rx.clone())),
+            poll: RarePoll::new(),
+        }
+    }
+
+    /// Ready with the users after each reload.
+    pub fn poll_reload(&mut self, cx: &mut Context<'_>) -> Poll<UsersEpoch> {
+        let Some(wait) = &mut self.wait else {
+            return Poll::Pending;
+        };
+        let Poll::Ready(rx) = self.poll.poll(cx, wait.as_mut()) else {
+            return Poll::Pending;
+        };
+        let Some(mut rx) = rx else {
+            self.wait = None;
+            return Poll::Pending;
+        };
+        let epoch = rx.borrow_and_update().clone();
+        self.wait = Some(wait_reload(rx));
+        self.poll.rearm();
+        Poll::Ready(epoch)
+    }
+}
+
+/// A timer made on first use and then reset, not a new `Sleep` (a new entry
+/// in the runtime's timer wheel) per wait.
+#[derive(Default)]
+pub struct Timer(Option<Pin<Box<Sleep>>>);
+
+impl Timer {
+    /// Ready once `deadline` has passed.
+    pub fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Users;
+    use crate::config::RemovedUserSessions;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A task waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn epoch(removed: RemovedUserSessions) -> UsersEpoch {
+        UsersEpoch {
+            users: Arc::new(Users::new(Vec::new())),
+            removed,
+        }
+    }
+
+    #[test]
+    fn cancelled_wakes_the_task_and_resolves_once_cancelled() {
+        let token = CancellationToken::new();
+        let mut c = Cancelled::new(&token);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..3 {
+            assert!(Pin::new(&mut c).poll(&mut cx).is_pending());
+        }
+        token.cancel();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(Pin::new(&mut c).poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn cancelled_passes_the_wake_up_to_the_latest_task_waker() {
+        let token = CancellationToken::new();
+        let mut c = Cancelled::new(&token);
+        let first = Arc::new(Count::default());
+        let second = Arc::new(Count::default());
+        let w1 = Waker::from(first.clone());
+        let w2 = Waker::from(second.clone());
+        assert!(Pin::new(&mut c)
+            .poll(&mut Context::from_waker(&w1))
+            .is_pending());
+        assert!(Pin::new(&mut c)
+            .poll(&mut Context::from_waker(&w2))
+            .is_pending());
+        token.cancel();
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert!(Pin::new(&mut c)
+            .poll(&mut Context::from_waker(&w2))
+            .is_ready());
+    }
+
+    #[test]
+    fn every_reload_is_seen_once_and_none_after_the_sender_is_gone() {
+        let (tx, rx) = tokio::sync::watch::channel(epoch(RemovedUserSessions::Continue));
+        let mut reloads = Reloads::new(&rx);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(reloads.poll_reload(&mut cx).is_pending());
+        for removed in [RemovedUserSessions::Close, RemovedUserSessions::Continue] {
+            tx.send(epoch(removed)).expect("send");
+            let Poll::Ready(e) = reloads.poll_reload(&mut cx) else {
+                panic!("reload not seen");
+            };
+            assert_eq!(e.removed, removed);
+            assert!(reloads.poll_reload(&mut cx).is_pending());
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        drop(tx);
+        assert!(reloads.poll_reload(&mut cx).is_pending());
+        assert!(reloads.poll_reload(&mut cx).is_pending());
+    }
+}
