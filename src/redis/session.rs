@@ -863,7 +863,11 @@ impl Relay<'_> {
         loop {
             self.process_client().await?;
             self.process_backend()?;
-            if self.closing && self.slots.is_empty() && !self.to_client.wants_write() {
+            if self.closing
+                && self.req_tail.is_none()
+                && self.slots.is_empty()
+                && !self.to_client.wants_write()
+            {
                 let _ = self.client.stream.shutdown().await;
                 return Ok(());
             }
@@ -952,7 +956,7 @@ impl Relay<'_> {
             progress |= stalled && (n > 0 || !self.to_client.wants_write());
         }
 
-        let read_client = !self.closing
+        let read_client = !self.done_reading()
             && self.reads_paused_until.is_none()
             && self.stashed.is_none()
             && self.client.buf.len() < CLIENT_IN_CAP
@@ -1019,6 +1023,13 @@ impl Relay<'_> {
         Poll::Pending
     }
 
+    /// Closing, with no tail left to read. A streamed argument (a QUIT's) is
+    /// read to its end first: closing with it unread would reset the connection
+    /// while the client is still sending it.
+    fn done_reading(&self) -> bool {
+        self.closing && self.req_tail.is_none()
+    }
+
     /// True while an out-of-band frame (pub/sub message, push) is half relayed:
     /// nothing of the proxy's own may be written into the middle of it.
     fn mid_unsolicited(&self) -> bool {
@@ -1075,7 +1086,7 @@ impl Relay<'_> {
     /// Decodes and dispatches client requests while there is room for their replies.
     async fn process_client(&mut self) -> Result<(), SessionError> {
         let limits = RequestLimits::AUTHENTICATED;
-        while !self.closing
+        while !self.done_reading()
             && self.commands_paused_until.is_none()
             && self.slots.len() < self.ctx.limits.max_pipeline
             && self.to_backend.len < OUT_CAP
