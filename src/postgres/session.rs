@@ -958,6 +958,13 @@ async fn cleartext_exchange(
     conn.send(&messages::auth_cleartext()).await?;
     let body = password_message(ctx, conn).await?;
     let password = zeroize::Zeroizing::new(body.strip_suffix(&[0]).unwrap_or(&body).to_vec());
+    let cached =
+        ctx.users
+            .authenticate_password_cached(user_name.as_bytes(), &password, &ctx.listener.name);
+    if let Some(r) = cached {
+        // Verified lately: no thread hop.
+        return Ok(r);
+    }
     let _permit = ctx.auth_permits.acquire().await;
     let users = ctx.users.clone();
     let listener = ctx.listener.name.clone();

@@ -604,10 +604,18 @@ async fn check_password(
 }
 
 /// Checks a password off the reactor, under the process-wide cap on concurrent checks.
+/// A password verified lately is checked here, without a thread hop.
 async fn verify(ctx: &Arc<Context>, user: &[u8], password: &[u8]) -> Result<Identity, AuthFailure> {
+    let listener = &ctx.listener.name;
+    if let Some(r) = ctx
+        .users
+        .authenticate_password_cached(user, password, listener)
+    {
+        return r;
+    }
     let _permit = ctx.auth_permits.acquire().await;
     let users = ctx.users.clone();
-    let listener = ctx.listener.name.clone();
+    let listener = listener.clone();
     let user = user.to_vec();
     let password = zeroize::Zeroizing::new(password.to_vec());
     tokio::task::spawn_blocking(move || users.authenticate_password(&user, &password, &listener))
