@@ -399,6 +399,13 @@ impl Running {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as HAProxy and nginx
+/// do: each proxied connection holds two descriptors, and many systems start
+/// processes at a soft limit of 1024. Returns the limit now in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
 /// Binds every listener and the admin endpoint, then serves in the background.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
     start_from(config, None, shutdown).await
@@ -420,6 +427,13 @@ pub async fn start_from(
     let pools = Arc::new(Pools::default());
     for w in &config.warnings {
         warn!(event = "config_warning", "{w}");
+    }
+    if let Some(files) = raise_open_file_limit() {
+        let wanted = 2 * config.limits.max_connections as u64 + 64;
+        if files < wanted {
+            warn!(event = "config_warning", open_files = files, max_connections = config.limits.max_connections,
+                "the open-file limit is below two descriptors per connection: connections will be refused before max_connections");
+        }
     }
 
     let mut bound = HashMap::new();
