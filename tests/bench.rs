@@ -113,3 +113,73 @@ fn a_wrong_password_fails_the_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("not-the-password"), "{err}");
 }
+
+fn idle_cmd(proxy: &Proxy, clients: &str, hold: &str) -> Command {
+    let mut cmd = bench();
+    cmd.args([
+        "redis",
+        "--target",
+        &format!("localhost:{}", proxy.addr.port()),
+    ])
+    .arg("--tls")
+    .arg("--ca")
+    .arg(proxy.ca())
+    .args(["--user", "alice", "--password-env", "BENCH_PW"])
+    .args(["--idle", "--clients", clients, "--duration", hold, "--json"])
+    .env("BENCH_PW", "alice-pw");
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_held_and_their_memory_reported() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&ProxyConfig::new(redis.port)).await;
+    let mut cmd = idle_cmd(&proxy, "30", "1500ms");
+    // The proxy runs in this process: watch it.
+    cmd.args(["--watch-pid", &std::process::id().to_string()]);
+    let j = tokio::task::spawn_blocking(move || json(&mut cmd))
+        .await
+        .expect("join");
+    assert_eq!(j["mode"], "idle", "{j}");
+    assert_eq!(j["opened"], 30, "{j}");
+    assert_eq!(j["alive_at_end"], 30, "{j}");
+    assert_eq!(j["errors"], serde_json::json!({}), "{j}");
+    assert!(j["held_seconds"].as_f64().expect("held") >= 1.5, "{j}");
+    let before = j["rss_before_kib"].as_u64().expect("rss before");
+    let after = j["rss_after_kib"].as_u64().expect("rss after");
+    assert!(before > 0 && after > 0, "{j}");
+    assert!(j["rss_per_connection_kib"].as_f64().is_some(), "{j}");
+    // Every connection logged in at the proxy.
+    assert!(
+        proxy.metrics().contains(
+            r#"portcullis_logins_total{listener="redis",result="success",user="alice"} 30"#
+        ),
+        "{}",
+        proxy.metrics()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_closed_by_the_target_fail_the_run() {
+    let redis = RedisServer::start();
+    let mut cfg = ProxyConfig::new(redis.port);
+    cfg.limits = "idle_timeout = \"500ms\"".into();
+    let proxy = Proxy::start(&cfg).await;
+    let mut cmd = idle_cmd(&proxy, "5", "2s");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("spawn"))
+        .await
+        .expect("join");
+    assert!(!out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(j["opened"], 5, "{j}");
+    assert_eq!(j["alive_at_end"], 0, "{j}");
+    let failed: u64 = j["errors"]
+        .as_object()
+        .expect("errors")
+        .iter()
+        .filter(|(k, _)| k.starts_with("ping_"))
+        .map(|(_, v)| v.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(failed, 5, "{j}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stood idle"));
+}

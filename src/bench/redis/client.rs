@@ -59,7 +59,7 @@ pub enum ClientError {
 
 impl ClientError {
     /// A bounded label for the error tally.
-    fn kind(&self) -> String {
+    pub(super) fn kind(&self) -> String {
         match self {
             ClientError::Connect(_) => "connect".into(),
             ClientError::ConnectTimeout => "connect_timeout".into(),
@@ -146,7 +146,7 @@ pub(super) async fn client(
 }
 
 /// Connects, handshakes TLS and logs in.
-async fn connect(ep: &Endpoint) -> Result<BackendStream, ClientError> {
+pub(super) async fn connect(ep: &Endpoint) -> Result<BackendStream, ClientError> {
     let tcp = TcpStream::connect(&ep.addrs[..])
         .await
         .map_err(ClientError::Connect)?;
@@ -175,7 +175,7 @@ async fn connect(ep: &Endpoint) -> Result<BackendStream, ClientError> {
 }
 
 /// Reads exactly one reply (the answer to AUTH) and nothing after it.
-async fn read_one(stream: &mut BackendStream) -> Result<FrameInfo, ClientError> {
+pub(super) async fn read_one(stream: &mut BackendStream) -> Result<FrameInfo, ClientError> {
     let mut scanner = ReplyScanner::new();
     let mut buf = [0u8; 512];
     loop {

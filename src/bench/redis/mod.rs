@@ -7,8 +7,12 @@
 //! [`ReplyScanner`] (replies are scanned, never buffered, so a reply of any size
 //! costs one fixed read buffer), and records for each request the time from its
 //! send (with `--rate`, from its intended send time) to its reply.
+//!
+//! `--idle` measures something else: what connections that do nothing cost
+//! the target (see [`idle`]).
 
 mod client;
+mod idle;
 mod wire;
 
 use std::net::SocketAddr;
@@ -126,6 +130,14 @@ pub struct RedisArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of a load: open --clients connections (TLS, AUTH), hold them idle
+    /// for --duration, then PING each; reports how many stood.
+    #[arg(long, conflicts_with_all = ["compare", "rate"])]
+    pub idle: bool,
+    /// With --idle: the process whose memory to watch (the proxy's PID); reports
+    /// its RSS growth per connection (Linux /proc).
+    #[arg(long, value_name = "PID", requires = "idle")]
+    pub watch_pid: Option<u32>,
 }
 
 /// Where and how to connect.
@@ -154,6 +166,10 @@ struct Load {
 /// Runs `portcullis bench redis`.
 pub async fn run(args: RedisArgs) -> anyhow::Result<()> {
     super::check_common(args.clients, args.rounds, args.rate)?;
+    if args.idle {
+        let ep = Arc::new(endpoint(&args.target, &args.login_a()).await?);
+        return idle::run(ep, args.clients, args.duration, args.watch_pid, args.json).await;
+    }
     let load = Arc::new(load(&args)?);
     let mut targets = vec![Arc::new(endpoint(&args.target, &args.login_a()).await?)];
     if let Some(b) = &args.compare {
