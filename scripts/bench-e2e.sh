@@ -17,6 +17,7 @@
 # side by side in the same run, as "portcullis baseline"), ONLY (a regular
 # expression: only targets whose name matches run, e.g. ONLY='portcullis|HAProxy'),
 # WORKER_THREADS (portcullis's runtime.worker_threads; 0, the default: one per CPU),
+# SCHEDULER (runtime.scheduler: per_thread, the default, or work_stealing),
 # PG=0 (skip PostgreSQL), T (seconds per pgbench run).
 #
 # Everything listens on 127.0.0.1 and stops when the script exits.
@@ -67,9 +68,11 @@ cat "$work/certs/server.crt" "$work/certs/server.key" >"$work/certs/haproxy.pem"
 
 PP=$(free_port); PT=$(free_port)
 WORKER_THREADS=${WORKER_THREADS:-0}
+SCHEDULER=${SCHEDULER:-per_thread}
 cat >"$work/portcullis.toml" <<EOF
 [runtime]
 worker_threads = $WORKER_THREADS
+scheduler = "$SCHEDULER"
 [admin]
 enabled = false
 [limits]
@@ -113,7 +116,7 @@ if [[ -n "$baseline" ]]; then
     BP=$(free_port); BT=$(free_port)
     # An older build may not know [runtime]: the baseline gets the thread count from tokio's variable.
     sed -e "s/127.0.0.1:$PP\"/127.0.0.1:$BP\"/" -e "s/127.0.0.1:$PT\"/127.0.0.1:$BT\"/" \
-        -e '/^\[runtime\]$/d' -e '/^worker_threads = /d' \
+        -e '/^\[runtime\]$/d' -e '/^worker_threads = /d' -e '/^scheduler = /d' \
         "$work/portcullis.toml" >"$work/baseline.toml"
     threads=()
     [[ "$WORKER_THREADS" != 0 ]] && threads=(TOKIO_WORKER_THREADS="$WORKER_THREADS")
@@ -222,7 +225,7 @@ done
 
 machine="$(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d)"
 table=$(
-    echo "Machine: $machine. Command: \`N=$N WORKER_THREADS=$WORKER_THREADS scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients; rate limits on)."
+    echo "Machine: $machine. Command: \`N=$N WORKER_THREADS=$WORKER_THREADS SCHEDULER=$SCHEDULER scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients; rate limits on)."
     echo
     echo "| target | pipeline | GET req/s | SET req/s | GET p50 ms | proxy CPU µs/request |"
     echo "| --- | --- | --- | --- | --- | --- |"
@@ -248,7 +251,7 @@ $write && replace_block bench-e2e "$table"
 
 if [[ "${PG:-1}" != 0 ]] && { command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }; then
     echo
-    pg_table=$(PORTCULLIS_BIN="$bin" PORTCULLIS_BASELINE_BIN="$baseline" WORKER_THREADS="$WORKER_THREADS" scripts/bench-pg.sh)
+    pg_table=$(PORTCULLIS_BIN="$bin" PORTCULLIS_BASELINE_BIN="$baseline" WORKER_THREADS="$WORKER_THREADS" SCHEDULER="$SCHEDULER" scripts/bench-pg.sh)
     echo "$pg_table"
     $write && replace_block bench-pg "$pg_table"
 fi

@@ -9,7 +9,7 @@
 # Environment: T, C (clients), PORTCULLIS_BIN (default target/release/portcullis,
 # built if missing), PORTCULLIS_BASELINE_BIN (a second build measured side by
 # side, e.g. the one before a change), WORKER_THREADS (portcullis's
-# runtime.worker_threads).
+# runtime.worker_threads), SCHEDULER (runtime.scheduler).
 # scripts/bench-e2e.sh runs this after its Redis part.
 #
 # Needs PostgreSQL server binaries (Debian: postgresql), pgbench; runs as root by
@@ -60,6 +60,7 @@ PX=$(free_port)
 cat >"$work/portcullis.toml" <<EOF
 [runtime]
 worker_threads = ${WORKER_THREADS:-0}
+scheduler = "${SCHEDULER:-per_thread}"
 [admin]
 enabled = false
 [limits]
@@ -96,7 +97,7 @@ baseline_pid=""; XB=""
 if [[ -n "${PORTCULLIS_BASELINE_BIN:-}" ]]; then
     XB=$(free_port)
     # An older build may not know [runtime]: the baseline gets the thread count from tokio's variable.
-    sed -e "s/127.0.0.1:$PX\"/127.0.0.1:$XB\"/" -e '/^\[runtime\]$/d' -e '/^worker_threads = /d' \
+    sed -e "s/127.0.0.1:$PX\"/127.0.0.1:$XB\"/" -e '/^\[runtime\]$/d' -e '/^worker_threads = /d' -e '/^scheduler = /d' \
         "$work/portcullis.toml" >"$work/baseline.toml"
     threads=()
     [[ "${WORKER_THREADS:-0}" != 0 ]] && threads=(TOKIO_WORKER_THREADS="$WORKER_THREADS")
@@ -160,7 +161,7 @@ for flags in "" -C; do
     [[ -n "$bouncer_pid" ]] && run "PgBouncer, session mode (TLS)" "$bouncer_pid" "$BP" require $flags
 done
 
-echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`T=$T scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients; portcullis worker_threads=${WORKER_THREADS:-0})."
+echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`T=$T scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients; portcullis worker_threads=${WORKER_THREADS:-0}, scheduler=${SCHEDULER:-per_thread})."
 echo
 echo "| target | extra pgbench flags | tps | proxy CPU µs/transaction |"
 echo "| --- | --- | --- | --- |"

@@ -3,7 +3,8 @@
 //! Map of the crate (dependencies point down this list, never up):
 //!
 //! - [`server`]: listeners, accept loop, connection permits, graceful shutdown;
-//!   [`start`] runs a proxy from a [`config::Config`] (tests start it in-process).
+//!   [`start`] runs a proxy from a [`config::Config`] (tests start it in-process);
+//!   [`shards`]: the worker threads of one event loop each that sessions run on.
 //! - [`redis`]: the Redis gateway: `request` (client frames) and `reply`
 //!   (backend reply boundaries) codecs, `commands` + `policy` (ACL rules),
 //!   `backend` (connect and log in), `session` (login phase, then the relay
@@ -49,6 +50,7 @@ pub mod proxy_protocol;
 pub mod redis;
 pub mod relay;
 pub mod server;
+pub mod shards;
 pub mod stream;
 pub mod tls;
 

@@ -125,8 +125,18 @@ fn run(path: &std::path::Path, json_logs: bool) -> anyhow::Result<()> {
     };
     portcullis::logging::init(format);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.worker_threads {
-        rt.worker_threads(n);
+    match config.scheduler {
+        // Sessions run on the server's own worker threads (one event loop
+        // each); this runtime only accepts, serves the admin endpoint and
+        // handles signals.
+        portcullis::config::Scheduler::PerThread => {
+            rt.worker_threads(1);
+        }
+        portcullis::config::Scheduler::WorkStealing => {
+            if let Some(n) = config.worker_threads {
+                rt.worker_threads(n);
+            }
+        }
     }
     let rt = rt.enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {

@@ -13,13 +13,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::auth::{AuthFailure, Identity, Users};
-use crate::config::{Config, Limits, Listener, Protocol};
+use crate::config::{Config, Limits, Listener, Protocol, Scheduler};
 use crate::guards::{Admission, Guards, MAINTENANCE_INTERVAL};
 use crate::logging::escape;
 use crate::metrics::UNKNOWN_USER;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::postgres::cancel::CancelRegistry;
-use crate::stream::ClientTcp;
+use crate::shards::Shards;
+use crate::stream::{discard_arrived, send_now, ClientTcp};
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 
@@ -45,6 +46,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The worker threads could not be started.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Everything a session needs, shared by all sessions of one listener.
@@ -425,6 +429,15 @@ pub async fn start_from(
     let cancels = Arc::new(CancelRegistry::new());
     let guards = Arc::new(Guards::new(&config));
     let pools = Arc::new(Pools::default());
+    let shards = match config.scheduler {
+        Scheduler::PerThread => {
+            let n = config.worker_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            Some(Shards::start(n).map_err(StartError::Workers)?)
+        }
+        Scheduler::WorkStealing => None,
+    };
     for w in &config.warnings {
         warn!(event = "config_warning", "{w}");
     }
@@ -538,6 +551,7 @@ pub async fn start_from(
                 slot,
                 conn_permits.clone(),
                 tracker.clone(),
+                shards.clone(),
                 stop.clone(),
             )));
         }
@@ -557,6 +571,8 @@ pub async fn start_from(
         }
         // Every session has ended: the pooled backend sessions go too.
         pools.close_all().await;
+        // The worker threads go last: the pooled connections were theirs.
+        drop(shards);
         info!(event = "stopped");
     });
     Ok(Running {
@@ -577,6 +593,7 @@ async fn accept_loop(
     slot: Arc<ArcSwap<Context>>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
+    shards: Option<Shards>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(5);
@@ -601,10 +618,30 @@ async fn accept_loop(
                     continue;
                 };
                 let ctx = ctx.clone();
-                tracker.spawn(async move {
-                    serve_connection(ctx, tcp, peer).await;
+                let Some(shards) = &shards else {
+                    tracker.spawn(async move {
+                        serve_connection(ctx, tcp, peer).await;
+                        drop(permit);
+                    });
+                    continue;
+                };
+                // The socket moves to the shard's poller.
+                let tcp = match tcp.into_std() {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        warn!(event = "accept_error", listener = %ctx.listener.name, error = %e);
+                        continue;
+                    }
+                };
+                shards.spawn(tracker.track_future(async move {
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => serve_connection(ctx, tcp, peer).await,
+                        Err(e) => {
+                            warn!(event = "accept_error", listener = %ctx.listener.name, error = %e);
+                        }
+                    }
                     drop(permit);
-                });
+                }));
             }
             Err(e) => {
                 ctx.metrics
@@ -643,7 +680,7 @@ fn refuse_connection(ctx: &Arc<Context>, tcp: &TcpStream, reason: &'static str) 
     // itself answers "too many clients" from the postmaster).
     match ctx.listener.protocol {
         Protocol::Redis if ctx.listener.tls.is_none() => {
-            let _ = tcp.try_write(b"-ERR max number of clients reached\r\n");
+            send_now(tcp, b"-ERR max number of clients reached\r\n");
         }
         Protocol::Postgres => {
             let e = crate::postgres::messages::error_response(
@@ -651,10 +688,11 @@ fn refuse_connection(ctx: &Arc<Context>, tcp: &TcpStream, reason: &'static str) 
                 "53300",
                 "sorry, too many clients already",
             );
-            let _ = tcp.try_write(&e);
+            send_now(tcp, &e);
         }
         Protocol::Redis => {}
     }
+    discard_arrived(tcp);
 }
 
 /// Longest wait for a PROXY protocol header (and for the first bytes of an
@@ -724,7 +762,7 @@ fn refuse_client(ctx: &Arc<Context>, tcp: &ClientTcp, reason: &'static str) {
     ctx.metrics.connection_refused(reason);
     match ctx.listener.protocol {
         Protocol::Redis if ctx.listener.tls.is_none() => {
-            let _ = tcp.try_write(b"-ERR max number of clients reached\r\n");
+            send_now(tcp.tcp(), b"-ERR max number of clients reached\r\n");
         }
         Protocol::Postgres => {
             let e = crate::postgres::messages::error_response(
@@ -732,10 +770,11 @@ fn refuse_client(ctx: &Arc<Context>, tcp: &ClientTcp, reason: &'static str) {
                 "53300",
                 "sorry, too many clients already",
             );
-            let _ = tcp.try_write(&e);
+            send_now(tcp.tcp(), &e);
         }
         Protocol::Redis => {}
     }
+    discard_arrived(tcp.tcp());
 }
 
 async fn serve_connection(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {

@@ -116,9 +116,36 @@ impl ClientTcp {
         Ok((self.tcp.peek(&mut b).await? > 0).then_some(b[0]))
     }
 
-    /// Writes what fits without waiting (refusals before any session work).
-    pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        self.tcp.try_write(bytes)
+    /// The socket itself.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
+
+/// Most bytes [`discard_arrived`] reads before giving up.
+const DISCARD_LIMIT: usize = 64 * 1024;
+
+/// Sends `bytes` at once with one non-blocking `send` on the socket itself,
+/// for a refusal's last words: tokio's `try_write` answers "would block" until
+/// its poller has seen the socket, and a refused connection is not kept that long.
+pub fn send_now(tcp: &TcpStream, bytes: &[u8]) {
+    let _ = socket2::SockRef::from(tcp).send(bytes);
+}
+
+/// Reads and drops what the peer has already sent, without waiting, before a
+/// close. Closing a socket with unread input sends a reset instead of a FIN,
+/// and a reset can destroy the reply just written (a refusal's reason) before
+/// the client reads it.
+pub fn discard_arrived(tcp: &TcpStream) {
+    use std::io::Read;
+    let sock = socket2::SockRef::from(tcp);
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < DISCARD_LIMIT {
+        match (&*sock).read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
     }
 }
 

@@ -10,6 +10,61 @@ use common::*;
 const NOAUTH: &str = "-NOAUTH Authentication required.\r\n";
 const WRONGPASS: &str = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
 
+/// Sessions on the proxy's own worker threads (the default) and on one
+/// work-stealing runtime both serve clients and refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_schedulers_serve_sessions() {
+    let redis = RedisServer::start();
+    for runtime in [
+        "",
+        "[runtime]\nscheduler = \"work_stealing\"\nworker_threads = 2",
+    ] {
+        let mut cfg = ProxyConfig::new(redis.port);
+        cfg.limits = format!("max_connections_per_ip = 7\n{runtime}");
+        let proxy = Proxy::start(&cfg).await;
+        let mut held = Vec::new();
+        for round in 0..3 {
+            for (user, pw) in [("alice", "alice-pw"), ("bob", "bob-pw")] {
+                let mut c = proxy.redis_rs(user, pw).await;
+                let key = format!("k{round}{user}");
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(user)
+                    .query_async(&mut c)
+                    .await
+                    .expect("set");
+                let got: String = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .expect("get");
+                assert_eq!(got, user, "{runtime}");
+                held.push(c);
+            }
+        }
+        // The seventh connection from this IP fits; the eighth is refused
+        // before TLS, and closed without a reset even though it sent bytes.
+        let seventh = proxy.raw().await;
+        let mut eighth = Raw::plain(proxy.addr).await;
+        eighth.send(b"PING\r\n").await;
+        let closed = eighth.closed_within(Duration::from_secs(5)).await;
+        assert_eq!(closed.as_deref(), Some(&b""[..]), "{runtime}");
+        let m = proxy.metrics();
+        assert!(
+            m.contains(r#"reason="max_connections_per_ip"} 1"#),
+            "{runtime}: {m}"
+        );
+        assert!(
+            m.contains(
+                r#"portcullis_logins_total{listener="redis",result="success",user="alice"} 3"#
+            ),
+            "{runtime}: {m}"
+        );
+        drop((held, seventh));
+        proxy.shutdown().await;
+    }
+}
+
 async fn setup() -> (RedisServer, Proxy) {
     let redis = RedisServer::start();
     let proxy = Proxy::start(&ProxyConfig::new(redis.port)).await;

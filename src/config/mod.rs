@@ -133,6 +133,22 @@ struct RawReload {
 struct RawRuntime {
     #[serde(default)]
     worker_threads: usize,
+    #[serde(default)]
+    scheduler: Scheduler,
+}
+
+/// How connections are spread over the worker threads (`runtime.scheduler`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    /// Each worker thread runs its own event loop and keeps the connections
+    /// handed to it (round robin at accept), as HAProxy, nginx and Envoy do:
+    /// a session's sockets, timers and wakeups stay on one thread.
+    #[default]
+    PerThread,
+    /// One tokio runtime whose threads steal work from each other: a busy
+    /// connection can move to an idle thread, at the cost of cross-thread wakeups.
+    WorkStealing,
 }
 
 /// What a reload does to the live sessions of a user it removes or disables.
@@ -479,6 +495,8 @@ pub struct Config {
     pub removed_user_sessions: RemovedUserSessions,
     /// Threads serving connections; `None`: one per CPU. Read at start only.
     pub worker_threads: Option<usize>,
+    /// How connections are spread over those threads. Read at start only.
+    pub scheduler: Scheduler,
     /// Process-wide limits.
     pub limits: Limits,
     /// Client-facing listeners.
@@ -786,6 +804,7 @@ impl Config {
                 }
                 n => Some(n),
             },
+            scheduler: raw.runtime.scheduler,
             limits,
             listeners,
             backends: backend_list,
@@ -1183,6 +1202,10 @@ password = "Correct-Horse-Battery-Staple-0123456789"
         assert_eq!(zero.worker_threads, None);
         let e = parse("[runtime]\nworker_threads = 5000").expect_err("too many");
         assert_eq!(e.to_string(), "runtime.worker_threads: at most 1024");
+        assert_eq!(parse("").expect("valid").scheduler, Scheduler::PerThread);
+        let stealing = parse("[runtime]\nscheduler = \"work_stealing\"").expect("valid");
+        assert_eq!(stealing.scheduler, Scheduler::WorkStealing);
+        assert!(parse("[runtime]\nscheduler = \"fastest\"").is_err());
     }
 
     #[test]
