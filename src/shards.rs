@@ -6,8 +6,8 @@
 //! shard's poller, its timers are in that shard's wheel, and its wakeups never
 //! cross threads. This is how HAProxy, nginx and Envoy spread connections over
 //! their threads. On a 2-core machine it cut the CPU per relayed Redis request
-//! at pipeline 1 by 9–13 % against tokio's work-stealing scheduler, whose idle
-//! threads are woken to look for work on every event (BENCHMARKS.md).
+//! at pipeline 1 by 4–16 % against tokio's work-stealing scheduler, whose idle
+//! threads are woken to look for work on almost every event (BENCHMARKS.md).
 //!
 //! What stays shared is shared as before (`Arc`s: config, users, limiters,
 //! metrics, backend pools). A pooled backend connection stays registered with
