@@ -3,8 +3,7 @@
 //! Map of the crate (dependencies point down this list, never up):
 //!
 //! - [`server`]: listeners, accept loop, connection permits, graceful shutdown;
-//!   [`start`] runs a proxy from a [`config::Config`] (tests start it in-process);
-//!   [`shards`]: the worker threads of one event loop each that sessions run on.
+//!   [`start`] runs a proxy from a [`config::Config`] (tests start it in-process).
 //! - [`redis`]: the Redis gateway: `request` (client frames) and `reply`
 //!   (backend reply boundaries) codecs, `commands` + `policy` (ACL rules),
 //!   `backend` (connect and log in), `session` (login phase, then the relay
@@ -15,7 +14,8 @@
 //!   `backend` (connect and log in), `cancel` (proxy keys → backend keys).
 //! - [`outbox`]: the write queue both relays use; [`relay`]: what else their
 //!   poll loops share (shutdown and reload waits, timers, reads); [`pool`]:
-//!   idle logged-in backend sessions kept for reuse (bounds and expiry only, no I/O).
+//!   idle logged-in backend sessions kept for reuse (bounds and expiry only, no I/O);
+//!   [`shards`]: the worker threads of one event loop each that sessions run on.
 //! - [`limits`]: pure abuse-control policy (token buckets, connection caps,
 //!   login backoff, log sampling); [`guards`]: their runtime instances and the
 //!   [`guards::Admission`] permits a session holds; [`proxy_protocol`]: PROXY v1/v2.

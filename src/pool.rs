@@ -64,6 +64,8 @@ struct Idle<C> {
     conn: C,
     born: Instant,
     since: Instant,
+    /// The worker thread whose poller watches it ([`crate::shards::current`]).
+    home: Option<usize>,
 }
 
 struct Inner<K, C> {
@@ -123,13 +125,33 @@ impl<K: Eq + Hash + Clone, C> Pool<K, C> {
     }
 
     /// The most recently used idle session for `key` (its cache is the warmest),
-    /// and the expired ones met on the way, to be closed by the caller.
+    /// and the expired ones met on the way, to be closed by the caller. One
+    /// opened on the calling worker thread comes first: its socket is watched
+    /// by this thread's poller, so its events need no other thread.
     pub fn take(&self, key: &K, now: Instant) -> (Option<Taken<C>>, Vec<C>) {
         let mut expired = Vec::new();
         let mut inner = self.lock();
         let Some(list) = inner.idle.get_mut(key) else {
             return (None, expired);
         };
+        let here = crate::shards::current();
+        if here.is_some() {
+            if let Some(i) = list
+                .iter()
+                .rposition(|e| e.home == here && self.fresh(e, now))
+            {
+                let e = list.remove(i);
+                if list.is_empty() {
+                    inner.idle.remove(key);
+                }
+                inner.count -= 1;
+                let taken = Taken {
+                    conn: e.conn,
+                    born: e.born,
+                };
+                return (Some(taken), expired);
+            }
+        }
         let mut found = None;
         while let Some(e) = list.pop() {
             if self.fresh(&e, now) {
@@ -178,6 +200,7 @@ impl<K: Eq + Hash + Clone, C> Pool<K, C> {
             conn,
             born,
             since: now,
+            home: crate::shards::current(),
         });
         inner.count += 1;
         Put::Kept(displaced)
@@ -325,6 +348,24 @@ mod tests {
         assert_eq!((got.map(|g| g.conn), expired), (Some(2), vec![]));
         assert_eq!(p.take(&"c", t).0.map(|g| g.conn), None);
         assert_eq!(p.idle(), 2);
+    }
+
+    #[test]
+    fn a_session_of_the_calling_worker_thread_comes_first() {
+        let p = Pool::new(config());
+        let t = Instant::now();
+        crate::shards::set_current(Some(1));
+        kept(p.put("a", 1, t, t));
+        crate::shards::set_current(Some(0));
+        kept(p.put("a", 2, t, t));
+        crate::shards::set_current(Some(1));
+        let (got, _) = p.take(&"a", t);
+        assert_eq!(got.map(|g| g.conn), Some(1), "this thread's, though older");
+        // None of this thread's left: any other comes back.
+        let (got, _) = p.take(&"a", t);
+        assert_eq!(got.map(|g| g.conn), Some(2));
+        assert_eq!(p.idle(), 0);
+        crate::shards::set_current(None);
     }
 
     #[test]

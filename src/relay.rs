@@ -127,6 +127,8 @@ impl RarePoll {
 pub struct Cancelled {
     wait: Pin<Box<WaitForCancellationFutureOwned>>,
     poll: RarePoll,
+    /// Stays ready once it was.
+    done: bool,
 }
 
 impl Cancelled {
@@ -135,6 +137,7 @@ impl Cancelled {
         Cancelled {
             wait: Box::pin(token.clone().cancelled_owned()),
             poll: RarePoll::new(),
+            done: false,
         }
     }
 }
@@ -144,7 +147,12 @@ impl Future for Cancelled {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        this.poll.poll(cx, this.wait.as_mut())
+        if this.done {
+            return Poll::Ready(());
+        }
+        let polled = this.poll.poll(cx, this.wait.as_mut());
+        this.done = polled.is_ready();
+        polled
     }
 }
 
@@ -250,6 +258,7 @@ mod tests {
         token.cancel();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(Pin::new(&mut c).poll(&mut cx).is_ready());
+        assert!(Pin::new(&mut c).poll(&mut cx).is_ready(), "and stays ready");
     }
 
     #[test]

@@ -572,7 +572,9 @@ pub async fn start_from(
         // Every session has ended: the pooled backend sessions go too.
         pools.close_all().await;
         // The worker threads go last: the pooled connections were theirs.
-        drop(shards);
+        if let Some(shards) = shards {
+            shards.stop().await;
+        }
         info!(event = "stopped");
     });
     Ok(Running {
@@ -629,16 +631,16 @@ async fn accept_loop(
                 let tcp = match tcp.into_std() {
                     Ok(tcp) => tcp,
                     Err(e) => {
-                        warn!(event = "accept_error", listener = %ctx.listener.name, error = %e);
+                        handoff_failed(&ctx, peer, &e);
                         continue;
                     }
                 };
                 shards.spawn(tracker.track_future(async move {
                     match TcpStream::from_std(tcp) {
                         Ok(tcp) => serve_connection(ctx, tcp, peer).await,
-                        Err(e) => {
-                            warn!(event = "accept_error", listener = %ctx.listener.name, error = %e);
-                        }
+                        // The socket is closed unanswered: the client sees what an
+                        // accept error would have shown it.
+                        Err(e) => handoff_failed(&ctx, peer, &e),
                     }
                     drop(permit);
                 }));
@@ -662,6 +664,20 @@ async fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// A connection accepted but not handed to a worker thread (its poller could
+/// not take the socket: `fs.epoll.max_user_watches`, memory): counted as an
+/// accept error, and logged at most once a second per client address.
+fn handoff_failed(ctx: &Context, peer: SocketAddr, e: &std::io::Error) {
+    ctx.metrics
+        .all()
+        .accept_errors
+        .with_label_values(&[ctx.metrics.listener()])
+        .inc();
+    if ctx.guards.log_refusal(peer.ip(), "worker_handoff") {
+        warn!(event = "accept_error", listener = %ctx.listener.name, %peer, error = %e, stage = "worker_handoff");
     }
 }
 

@@ -11,19 +11,39 @@
 //!
 //! What stays shared is shared as before (`Arc`s: config, users, limiters,
 //! metrics, backend pools). A pooled backend connection stays registered with
-//! the shard that opened it; a session on another shard that takes it over
-//! still gets its events, by a cross-thread wakeup.
+//! the shard that opened it, so the pools hand a session one of its own
+//! shard's first ([`current`]); one from another shard still works, its events
+//! arriving by a cross-thread wakeup.
 //!
-//! The shards stop when the last [`Shards`] handle is dropped (the server's
-//! own, once every session has ended and the pools are closed).
+//! The server stops the shards with [`Shards::stop`] once the sessions have
+//! ended or been closed and the pools are closed; they also stop when the last
+//! [`Shards`] handle is dropped.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::{CancellationToken, DropGuard};
+
+thread_local! {
+    /// The shard this thread runs, if it is one.
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The shard the calling thread runs (`None` off the shards): the backend
+/// pools use it to hand a session a connection its own poller watches.
+pub fn current() -> Option<usize> {
+    CURRENT.with(Cell::get)
+}
+
+/// Marks the calling thread as shard `i` (tests of shard-aware code).
+pub fn set_current(i: Option<usize>) {
+    CURRENT.with(|c| c.set(i));
+}
 
 /// The shards; clones share them.
 #[derive(Clone)]
@@ -32,32 +52,55 @@ pub struct Shards(Arc<Inner>);
 struct Inner {
     handles: Vec<Handle>,
     next: AtomicUsize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     /// Stops every shard when the last handle goes.
-    _stop: DropGuard,
+    stop: DropGuard,
 }
 
 impl Shards {
     /// Starts `n` shards (at least one), each on a thread named `portcullis-N`.
+    /// Each runtime is built on its own thread, so that a failure to start one
+    /// is an error here, and the shards already started stop again.
     pub fn start(n: usize) -> io::Result<Shards> {
-        let stop = CancellationToken::new();
+        let stop = CancellationToken::new().drop_guard();
         let mut handles = Vec::with_capacity(n.max(1));
+        let mut threads = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name(format!("portcullis-{i}-blocking"))
-                .build()?;
-            handles.push(rt.handle().clone());
-            let stop = stop.clone();
-            std::thread::Builder::new()
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let token = stop.token().clone();
+            let thread = std::thread::Builder::new()
+                // Linux shows at most 15 bytes of a thread's name.
                 .name(format!("portcullis-{i}"))
-                // Runs the shard's tasks until told to stop; dropping the
-                // runtime then drops whatever is left on it.
-                .spawn(move || rt.block_on(stop.cancelled_owned()))?;
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .thread_name(format!("pc-{i}-blocking"))
+                        .build();
+                    let rt = match rt {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    set_current(Some(i));
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    // Runs the shard's tasks until told to stop; dropping the
+                    // runtime then drops whatever is left on it.
+                    rt.block_on(token.cancelled_owned());
+                })?;
+            match rx.recv() {
+                Ok(Ok(handle)) => handles.push(handle),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a worker thread ended while starting")),
+            }
+            threads.push(thread);
         }
         Ok(Shards(Arc::new(Inner {
             handles,
             next: AtomicUsize::new(0),
-            _stop: stop.drop_guard(),
+            threads: Mutex::new(threads),
+            stop,
         })))
     }
 
@@ -78,6 +121,25 @@ impl Shards {
     {
         let i = self.0.next.fetch_add(1, Ordering::Relaxed) % self.0.handles.len();
         drop(self.0.handles[i].spawn(task));
+    }
+
+    /// Stops every shard and waits until their threads have ended (their
+    /// remaining tasks dropped, their blocking work finished).
+    pub async fn stop(self) {
+        self.0.stop.token().clone().cancel();
+        let threads = std::mem::take(
+            &mut *self
+                .0
+                .threads
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 }
 
@@ -121,6 +183,40 @@ mod tests {
         for t in &threads {
             assert_eq!(seen.iter().filter(|s| s == t).count(), 2, "{seen:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn stop_waits_for_the_threads() {
+        let shards = Shards::start(2).expect("start");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        shards.spawn(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        shards.stop().await;
+        // The runtime, and the task with it, is gone once stop returns.
+        assert!(rx.try_recv().is_err());
+        assert!(matches!(
+            rx.try_recv(),
+            Err(std::sync::mpsc::TryRecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn each_shard_knows_itself() {
+        let shards = Shards::start(2).expect("start");
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..2 {
+            let tx = tx.clone();
+            shards.spawn(async move {
+                let _ = tx.send(current());
+            });
+        }
+        let mut seen = [rx.recv().expect("one"), rx.recv().expect("two")];
+        seen.sort();
+        assert_eq!(seen, [Some(0), Some(1)]);
+        assert_eq!(current(), None);
     }
 
     #[tokio::test]

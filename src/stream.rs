@@ -129,7 +129,9 @@ const DISCARD_LIMIT: usize = 64 * 1024;
 /// for a refusal's last words: tokio's `try_write` answers "would block" until
 /// its poller has seen the socket, and a refused connection is not kept that long.
 pub fn send_now(tcp: &TcpStream, bytes: &[u8]) {
-    let _ = socket2::SockRef::from(tcp).send(bytes);
+    // MSG_NOSIGNAL: a peer that has gone must not raise SIGPIPE in a host
+    // process that did not ignore it.
+    let _ = socket2::SockRef::from(tcp).send_with_flags(bytes, libc::MSG_NOSIGNAL);
 }
 
 /// Reads and drops what the peer has already sent, without waiting, before a

@@ -5,7 +5,8 @@
 //! `--duration`; then sends each one PING, to count those still open and
 //! logged in. With `--watch-pid` it reads that process's resident set size
 //! (`VmRSS` in `/proc/PID/status`) before the first connect and again once every
-//! connection is open and [`SETTLE`] has passed, and reports the growth per
+//! connection is open and [`SETTLE`] (or all of `--duration`, if shorter) has
+//! passed, and reports the growth per
 //! open connection: for a proxy, the memory one idle session holds, its
 //! backend connection included.
 
@@ -168,16 +169,18 @@ async fn ping_all(conns: &mut Vec<BackendStream>, errors: &mut BTreeMap<String, 
         let gate = gate.clone();
         tasks.spawn(async move {
             let _turn = gate.acquire_owned().await;
-            timeout(CONNECT_TIMEOUT, ping(&mut s))
-                .await
-                .unwrap_or(Err(ClientError::WriteTimeout))
+            match timeout(CONNECT_TIMEOUT, ping(&mut s)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("ping_{}", e.kind())),
+                Err(_) => Err("ping_timeout".to_string()),
+            }
         });
     }
     let mut alive = 0;
     while let Some(done) = tasks.join_next().await {
         match done {
             Ok(Ok(())) => alive += 1,
-            Ok(Err(e)) => *errors.entry(format!("ping_{}", e.kind())).or_default() += 1,
+            Ok(Err(kind)) => *errors.entry(kind).or_default() += 1,
             Err(_) => *errors.entry("task".into()).or_default() += 1,
         }
     }
