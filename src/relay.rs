@@ -13,10 +13,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::error::{BackendError, SessionError};
+use crate::outbox::Outbox;
 use crate::server::UsersEpoch;
 
 /// Read buffer growth step: a few TLS records, most requests and replies whole.
@@ -39,6 +42,78 @@ pub fn poll_read_into<R: AsyncRead + Unpin>(
     } else {
         std::pin::pin!(r.take(cap as u64).read_buf(buf)).poll(cx)
     }
+}
+
+/// Writes what the two queues hold, the backend's first. `Ok(true)` when that
+/// made room something waits for: `stalled` says a queue was full or the
+/// session waits for both to empty (it is closing).
+pub fn poll_write_both<B, C>(
+    cx: &mut Context<'_>,
+    to_backend: &mut Outbox,
+    backend: &mut B,
+    to_client: &mut Outbox,
+    client: &mut C,
+    stalled: bool,
+    bytes_out: &IntCounter,
+) -> Result<bool, SessionError>
+where
+    B: AsyncWrite + Unpin,
+    C: AsyncWrite + Unpin,
+{
+    let mut progress = false;
+    if to_backend.wants_write() {
+        let n = to_backend
+            .poll_drain(cx, backend)
+            .map_err(|e| SessionError::Backend(BackendError::Io(e)))?;
+        progress |= stalled && (n > 0 || !to_backend.wants_write());
+    }
+    if to_client.wants_write() {
+        let n = to_client
+            .poll_drain(cx, client)
+            .map_err(SessionError::ClientIo)?;
+        if n > 0 {
+            bytes_out.inc_by(n as u64);
+        }
+        progress |= stalled && (n > 0 || !to_client.wants_write());
+    }
+    Ok(progress)
+}
+
+/// What a session's timers say is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// A pause (command rate, byte rate) may be over.
+    Paused,
+    /// The session may have been idle for the idle timeout (this long).
+    IdleCheck(std::time::Duration),
+}
+
+/// Polls a session's two timers: the end of the earlier pause (commands or
+/// reads), and the next idle check (with an idle timeout only).
+pub fn poll_due(
+    cx: &mut Context<'_>,
+    pause_timer: &mut Timer,
+    commands_paused_until: Option<Instant>,
+    reads_paused_until: Option<Instant>,
+    idle_timer: &mut Timer,
+    idle_check_at: Option<Instant>,
+    idle_timeout: Option<std::time::Duration>,
+) -> Poll<Due> {
+    let wake = match (commands_paused_until, reads_paused_until) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(deadline) = wake {
+        if pause_timer.poll_until(cx, deadline).is_ready() {
+            return Poll::Ready(Due::Paused);
+        }
+    }
+    if let (Some(at), Some(d)) = (idle_check_at, idle_timeout) {
+        if idle_timer.poll_until(cx, at).is_ready() {
+            return Poll::Ready(Due::IdleCheck(d));
+        }
+    }
+    Poll::Pending
 }
 
 /// Wakes the task for a source of rare events (shutdown, reloads) and notes

@@ -44,7 +44,9 @@ use crate::limits::Action;
 use crate::logging::escape;
 use crate::outbox::{Outbox, COPY_MAX};
 use crate::pool::Put;
-use crate::relay::{poll_read_into, Cancelled, Reloads, Timer, READ_CHUNK};
+use crate::relay::{
+    poll_due, poll_read_into, poll_write_both, Cancelled, Due, Reloads, Timer, READ_CHUNK,
+};
 use crate::server::{Context, UsersEpoch};
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
 
@@ -1069,6 +1071,15 @@ enum Event {
     IdleCheck(std::time::Duration),
 }
 
+impl From<Due> for Event {
+    fn from(due: Due) -> Event {
+        match due {
+            Due::Paused => Event::Paused,
+            Due::IdleCheck(d) => Event::IdleCheck(d),
+        }
+    }
+}
+
 impl Relay<'_> {
     /// Whether the backend session is as a new one would be, up to what
     /// `DISCARD ALL` resets: every answer read, idle outside a transaction,
@@ -1183,24 +1194,15 @@ impl Relay<'_> {
         // waits for that room (a full queue) or for the queue to empty (Terminate).
         let stalled =
             self.terminating || self.to_backend.len >= OUT_CAP || self.to_client.len >= OUT_CAP;
-        let mut progress = false;
-        if self.to_backend.wants_write() {
-            let n = self
-                .to_backend
-                .poll_drain(cx, &mut self.backend)
-                .map_err(|e| SessionError::Backend(BackendError::Io(e)))?;
-            progress |= stalled && (n > 0 || !self.to_backend.wants_write());
-        }
-        if self.to_client.wants_write() {
-            let n = self
-                .to_client
-                .poll_drain(cx, &mut self.client)
-                .map_err(SessionError::ClientIo)?;
-            if n > 0 {
-                self.ctx.metrics.bytes_out.inc_by(n as u64);
-            }
-            progress |= stalled && (n > 0 || !self.to_client.wants_write());
-        }
+        let mut progress = poll_write_both(
+            cx,
+            &mut self.to_backend,
+            &mut self.backend,
+            &mut self.to_client,
+            &mut self.client,
+            stalled,
+            &self.ctx.metrics.bytes_out,
+        )?;
 
         let read_client = !self.terminating
             && self.reads_paused_until.is_none()
@@ -1253,21 +1255,16 @@ impl Relay<'_> {
         if let Poll::Ready(epoch) = self.reloads.poll_reload(cx) {
             return Poll::Ready(Ok(Event::Reload(epoch)));
         }
-        let wake = match (self.commands_paused_until, self.reads_paused_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(deadline) = wake {
-            if self.pause_timer.poll_until(cx, deadline).is_ready() {
-                return Poll::Ready(Ok(Event::Paused));
-            }
-        }
-        if let (Some(at), Some(d)) = (self.idle_check_at, self.ctx.listener.limits.idle_timeout) {
-            if self.idle_timer.poll_until(cx, at).is_ready() {
-                return Poll::Ready(Ok(Event::IdleCheck(d)));
-            }
-        }
-        Poll::Pending
+        poll_due(
+            cx,
+            &mut self.pause_timer,
+            self.commands_paused_until,
+            self.reads_paused_until,
+            &mut self.idle_timer,
+            self.idle_check_at,
+            self.ctx.listener.limits.idle_timeout,
+        )
+        .map(|due| Ok(due.into()))
     }
 
     /// Ends the session as PostgreSQL would: a FATAL ErrorResponse, unless a
