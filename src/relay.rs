@@ -19,6 +19,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::{BackendError, SessionError};
+use crate::guards::ByteBudget;
 use crate::outbox::Outbox;
 use crate::server::UsersEpoch;
 
@@ -42,6 +43,36 @@ pub fn poll_read_into<R: AsyncRead + Unpin>(
     } else {
         std::pin::pin!(r.take(cap as u64).read_buf(buf)).poll(cx)
     }
+}
+
+/// Reads what the client has sent into `buf`, paced by its byte rate: at most
+/// a burst per read, and a read the rate cannot pay for yet pauses the next
+/// (`reads_paused_until`). Counts the bytes, and notes the time of the read in
+/// `last_activity` when the session keeps one (an idle timeout is set).
+pub fn poll_client_read<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    client: &mut R,
+    buf: &mut BytesMut,
+    bytes_rate: &mut Option<ByteBudget>,
+    reads_paused_until: &mut Option<Instant>,
+    last_activity: Option<&mut Instant>,
+    bytes_in: &IntCounter,
+) -> Poll<io::Result<usize>> {
+    let cap = bytes_rate.as_ref().map_or(usize::MAX, ByteBudget::read_cap);
+    let read = poll_read_into(cx, client, buf, cap);
+    if let Poll::Ready(Ok(n)) = read {
+        if n > 0 {
+            bytes_in.inc_by(n as u64);
+            if let Some(at) = last_activity {
+                *at = Instant::now();
+            }
+            if let Some(wait) = bytes_rate.as_mut().and_then(|b| b.charge(n)) {
+                // Over the byte rate: what was read is served, the next read waits.
+                *reads_paused_until = Some(Instant::now() + wait);
+            }
+        }
+    }
+    read
 }
 
 /// Writes what the two queues hold, the backend's first. `Ok(true)` when that
@@ -368,10 +399,11 @@ mod tests {
         assert!(reloads.poll_reload(&mut cx).is_pending());
         for removed in [RemovedUserSessions::Close, RemovedUserSessions::Continue] {
             tx.send(epoch(removed)).expect("send");
-            let Poll::Ready(e) = reloads.poll_reload(&mut cx) else {
-                panic!("reload not seen");
-            };
-            assert_eq!(e.removed, removed);
+            let polled = reloads.poll_reload(&mut cx);
+            assert!(polled.is_ready(), "reload not seen");
+            if let Poll::Ready(e) = polled {
+                assert_eq!(e.removed, removed);
+            }
             assert!(reloads.poll_reload(&mut cx).is_pending());
         }
         assert_eq!(count.0.load(Ordering::SeqCst), 2);

@@ -34,7 +34,8 @@ use crate::limits::Action;
 use crate::logging::escape;
 use crate::outbox::Outbox;
 use crate::relay::{
-    poll_due, poll_read_into, poll_write_both, Cancelled, Due, Reloads, Timer, READ_CHUNK,
+    poll_client_read, poll_due, poll_read_into, poll_write_both, Cancelled, Due, Reloads, Timer,
+    READ_CHUNK,
 };
 use crate::server::Context;
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
@@ -974,25 +975,22 @@ impl Relay<'_> {
             && self.to_backend.len < OUT_CAP
             && self.to_client.len < OUT_CAP;
         if read_client {
-            let cap = self
-                .bytes_rate
-                .as_ref()
-                .map_or(usize::MAX, ByteBudget::read_cap);
-            match poll_read_into(cx, &mut self.client.stream, &mut self.client.buf, cap) {
+            let last_activity = self
+                .idle_check_at
+                .is_some()
+                .then_some(&mut self.last_activity);
+            let read = poll_client_read(
+                cx,
+                &mut self.client.stream,
+                &mut self.client.buf,
+                &mut self.bytes_rate,
+                &mut self.reads_paused_until,
+                last_activity,
+                &self.ctx.metrics.bytes_in,
+            );
+            match read {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
-                Poll::Ready(Ok(n)) => {
-                    progress = true;
-                    self.ctx.metrics.bytes_in.inc_by(n as u64);
-                    if self.idle_check_at.is_some() {
-                        self.last_activity = Instant::now();
-                    }
-                    if let Some(budget) = &mut self.bytes_rate {
-                        if let Some(wait) = budget.charge(n) {
-                            // Over the byte rate: what was read is served, the next read waits.
-                            self.reads_paused_until = Some(Instant::now() + wait);
-                        }
-                    }
-                }
+                Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(SessionError::ClientIo(e))),
                 Poll::Pending => {}
             }
