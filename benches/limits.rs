@@ -100,38 +100,52 @@ fn command(c: &mut Criterion) {
     let mut g = c.benchmark_group("limits_command");
 
     let (guards, who) = setup(&config(&all_limits()));
-    let hot = session(&guards, &who, client(0));
-    assert_eq!(hot.command(Action::Delay), Ok(()));
+    let mut hot = session(&guards, &who, client(0));
+    assert_eq!(hot.command(Action::Delay, || 0), Ok(()));
     g.bench_function("one_ip_hot", |b| {
-        b.iter(|| black_box(&hot).command(Action::Delay))
+        b.iter(|| black_box(&mut hot).command(Action::Delay, || 0))
+    });
+    // A pipeline of 16 already read: the first check pays for all 16.
+    g.bench_function("one_ip_hot_pipeline_16_per_command", |b| {
+        let mut left = 0u32;
+        b.iter(|| {
+            let upcoming = if left == 0 { 15 } else { 0 };
+            left = if left == 0 { 15 } else { left - 1 };
+            black_box(&mut hot).command(Action::Delay, || upcoming)
+        })
     });
 
     // Many clients of one user: each check hits a different key of the
     // per-IP table, and all of them the user's shared bucket.
-    let sessions: Vec<Admission> = (1..=CLIENTS)
+    let mut sessions: Vec<Admission> = (1..=CLIENTS)
         .map(|i| session(&guards, &who, client(i)))
         .collect();
-    assert!(sessions.iter().all(|s| s.command(Action::Delay).is_ok()));
+    assert!(sessions
+        .iter_mut()
+        .all(|s| s.command(Action::Delay, || 0).is_ok()));
     g.bench_function("10k_ips_round_robin", |b| {
-        let mut next = sessions.iter().cycle();
-        b.iter(|| next.next().map(|s| s.command(Action::Delay)))
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % sessions.len();
+            sessions[i].command(Action::Delay, || 0)
+        })
     });
     drop(sessions);
 
     // The default config: no command rate configured.
     let (plain_guards, plain_who) = setup(&config(""));
-    let plain = session(&plain_guards, &plain_who, client(0));
+    let mut plain = session(&plain_guards, &plain_who, client(0));
     g.bench_function("no_rates_configured", |b| {
-        b.iter(|| black_box(&plain).command(Action::Delay))
+        b.iter(|| black_box(&mut plain).command(Action::Delay, || 0))
     });
 
     // A client over its rate: the refusal computes how long to wait.
     let (slow_guards, slow_who) = setup(&config("commands_per_second_per_ip = 1"));
-    let slow = session(&slow_guards, &slow_who, client(0));
-    let _ = slow.command(Action::Reject);
-    assert!(slow.command(Action::Reject).is_err());
+    let mut slow = session(&slow_guards, &slow_who, client(0));
+    let _ = slow.command(Action::Reject, || 0);
+    assert!(slow.command(Action::Reject, || 0).is_err());
     g.bench_function("over_rate_refused", |b| {
-        b.iter(|| black_box(&slow).command(Action::Reject))
+        b.iter(|| black_box(&mut slow).command(Action::Reject, || 0))
     });
     g.finish();
 }

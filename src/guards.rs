@@ -12,7 +12,7 @@ use crate::auth::Identity;
 use crate::config::{Config, Listener, UserLimits};
 use crate::limits::backoff::{AuthGuard, AuthVerdict};
 use crate::limits::conns::{CapExceeded, ConnPermit, ConnectionCaps};
-use crate::limits::rate::{KeyedRate, Rate};
+use crate::limits::rate::{KeyedRate, Rate, RateSpec};
 use crate::limits::sample::LogSampler;
 use crate::limits::Action;
 use crate::proxy_protocol::TrustedProxies;
@@ -222,6 +222,7 @@ pub struct Admission {
     user: Option<ConnPermit<()>>,
     user_guard: Option<Arc<UserGuard>>,
     listener: Arc<ListenerGuard>,
+    credits: Credits,
 }
 
 impl Admission {
@@ -256,6 +257,7 @@ impl Admission {
             user: None,
             user_guard: None,
             listener,
+            credits: Credits::default(),
         })
     }
 
@@ -274,26 +276,72 @@ impl Admission {
         self.unauthenticated = None;
         self.user = permit;
         self.user_guard = guard;
+        // Tokens paid ahead came from the previous user's bucket.
+        self.credits.user = 0;
         Ok(())
     }
 
-    /// Checks the command rates (per IP, then per user). `Err` carries how long
-    /// to wait for a token and what the configured action is.
-    pub fn command(&self, listener_action: Action) -> Result<(), (Duration, Action)> {
+    /// Checks the command rates (per IP, then per user) for one command. `Err`
+    /// carries how long to wait for a token and what the configured action is.
+    ///
+    /// `upcoming` says how many more commands are already here behind this one
+    /// (asked only when a bucket must be charged): a bucket that holds tokens
+    /// for all of them is charged once for the lot, and their checks then cost
+    /// nothing. Each command is still charged exactly one token per bucket, in
+    /// order; only the bucket's shared state is touched once per batch.
+    pub fn command(
+        &mut self,
+        listener_action: Action,
+        upcoming: impl FnOnce() -> u32,
+    ) -> Result<(), (Duration, Action)> {
+        let mut upcoming = Some(upcoming);
+        let mut ahead = None;
+        let mut ahead = || *ahead.get_or_insert_with(|| upcoming.take().map_or(0, |f| f()));
         if let Some(r) = &self.listener.commands {
-            if let Err(wait) = r.check(&crate::limits::client_key(self.ip)) {
-                return Err((wait, listener_action));
-            }
+            let key = crate::limits::client_key(self.ip);
+            take(&mut self.credits.ip, r.spec(), &mut ahead, |n| {
+                r.check_n(&key, n)
+            })
+            .map_err(|wait| (wait, listener_action))?;
         }
         if let Some(g) = &self.user_guard {
             if let Some(r) = &g.commands {
-                if let Err(wait) = r.check() {
-                    return Err((wait, g.action));
-                }
+                take(&mut self.credits.user, r.spec(), &mut ahead, |n| {
+                    r.check_n(n)
+                })
+                .map_err(|wait| (wait, g.action))?;
             }
         }
         Ok(())
     }
+}
+
+/// Command tokens a session has paid for ahead (see [`Admission::command`]).
+#[derive(Debug, Default)]
+struct Credits {
+    ip: u32,
+    user: u32,
+}
+
+/// One token from `credit`, or from the bucket: for this command and, when
+/// the bucket has them, for the `ahead()` commands behind it.
+fn take(
+    credit: &mut u32,
+    spec: RateSpec,
+    ahead: &mut impl FnMut() -> u32,
+    check_n: impl Fn(u32) -> Result<(), Duration>,
+) -> Result<(), Duration> {
+    if *credit > 0 {
+        *credit -= 1;
+        return Ok(());
+    }
+    // At most a bucketful at once, so a batch is never admitted over the burst.
+    let more = ahead().min(spec.burst.get() - 1);
+    if more > 0 && check_n(1 + more).is_ok() {
+        *credit = more;
+        return Ok(());
+    }
+    check_n(1)
 }
 
 /// A per-connection byte budget over a [`Rate`]: reads are capped at the
@@ -336,5 +384,75 @@ impl ByteBudget {
             }
             Err(wait) => Some(wait.max(Duration::from_millis(1))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::scram::ScramVerifier;
+    use std::path::Path;
+
+    fn setup(limits: &str) -> (Guards, Identity) {
+        let verifier = ScramVerifier::generate(b"pw")
+            .expect("verifier")
+            .to_pg_string();
+        let text = format!(
+            "[admin]\nenabled = false\n[limits]\n{limits}\n\
+             [[backend]]\nname = \"r\"\nprotocol = \"redis\"\naddress = \"127.0.0.1:6379\"\n\
+             password = \"Test-Only-Backend-Password-0123456789\"\n\
+             [[listener]]\nname = \"l\"\nprotocol = \"redis\"\nlisten = \"127.0.0.1:0\"\n\
+             backend = \"r\"\n[listener.tls]\nmode = \"disabled\"\n\
+             [[user]]\nname = \"alice\"\npassword = \"{verifier}\"\n"
+        );
+        let config = Config::parse(&text, Path::new(".")).expect("config");
+        let who = config
+            .users
+            .authenticate_password(b"alice", b"pw", "l")
+            .expect("login");
+        (Guards::new(&config), who)
+    }
+
+    fn session(guards: &Guards, who: &Identity) -> Admission {
+        let listener = guards.listener("l").expect("listener guard");
+        let mut a =
+            Admission::admit(guards, listener, "192.0.2.7".parse().unwrap()).expect("admitted");
+        a.authenticated(guards, who).expect("session slot");
+        a
+    }
+
+    /// Commands admitted back to back until the first refusal.
+    fn admitted(a: &mut Admission, upcoming_first: u32) -> u32 {
+        let mut n = 0;
+        let mut upcoming = upcoming_first;
+        while a.command(Action::Reject, || upcoming).is_ok() {
+            n += 1;
+            upcoming = upcoming.saturating_sub(1);
+        }
+        n
+    }
+
+    #[test]
+    fn paying_ahead_admits_what_one_by_one_admits() {
+        // 100/s: a bucket of 10, a token back every 10 ms.
+        for upcoming in [0, 3, 15, 500] {
+            let (guards, who) = setup("commands_per_second_per_ip = 100");
+            let mut a = session(&guards, &who);
+            let n = admitted(&mut a, upcoming);
+            assert!((10..=11).contains(&n), "{upcoming} ahead: admitted {n}");
+        }
+    }
+
+    #[test]
+    fn a_new_user_does_not_inherit_tokens_paid_from_the_old_users_bucket() {
+        // 250/s per user: a bucket of 25.
+        let (guards, who) = setup("commands_per_second_per_user = 250");
+        let mut a = session(&guards, &who);
+        // 16 paid at once; one used.
+        assert_eq!(a.command(Action::Reject, || 15), Ok(()));
+        // Logging in again drops the 15 paid ahead: 9 are left in the bucket.
+        a.authenticated(&guards, &who).expect("session slot");
+        let n = admitted(&mut a, 0);
+        assert!((9..=10).contains(&n), "admitted {n}");
     }
 }

@@ -1291,7 +1291,10 @@ impl Relay<'_> {
             {
                 let tag = self.client_in[run];
                 if matches!(tag, b'Q' | b'E') {
-                    match self.admission.command(self.ctx.listener.limits.action) {
+                    match self
+                        .admission
+                        .command(self.ctx.listener.limits.action, || 0)
+                    {
                         Ok(()) => {}
                         Err((wait, Action::Delay)) => {
                             // Hold it: nothing lost, order kept, and the client is not read meanwhile.

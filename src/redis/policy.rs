@@ -157,7 +157,18 @@ impl CommandPolicy {
     /// after `+config`), so a newer backend's subcommands cannot slip past a
     /// partial rule such as `+config|get`.
     pub fn check(&self, name: &[u8], sub: Option<&[u8]>) -> Verdict {
-        let Some(cmd) = commands::lookup(name) else {
+        self.check_spec(commands::lookup(name), name, sub)
+    }
+
+    /// [`check`](Self::check) for a caller that has looked `name` up already
+    /// (`spec` is what [`commands::lookup`] gave for it).
+    pub fn check_spec(
+        &self,
+        spec: Option<&CommandSpec>,
+        name: &[u8],
+        sub: Option<&[u8]>,
+    ) -> Verdict {
+        let Some(cmd) = spec else {
             return self.check_unknown(name);
         };
         if cmd.no_auth {

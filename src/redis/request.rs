@@ -72,6 +72,16 @@ fn printable(b: u8) -> String {
     }
 }
 
+/// Where an argument lies in a request's bytes. 32 bits: a request the
+/// decoder holds whole is at most a few hundred KiB (larger ones stream), and
+/// a smaller `Request` is cheaper to move on the per-command path.
+type Span = (u32, u32);
+
+fn span(start: usize, end: usize) -> Span {
+    let at = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+    (at(start), at(end))
+}
+
 /// Limits for one connection phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestLimits {
@@ -111,7 +121,10 @@ impl RequestLimits {
 pub struct Request {
     raw: Bytes,
     argc: usize,
-    args: [(usize, usize); MAX_CAPTURED],
+    /// Where the command name lies in `raw` (the argument asked for most).
+    name: Span,
+    /// Arguments held whole in `raw`, at most [`MAX_CAPTURED`]; the others are
+    /// found by walking `raw` when asked for (kept small, as it moves per command).
     captured: usize,
     inline: bool,
     /// The rest of a request too large to buffer; `None` when `raw` is whole.
@@ -136,7 +149,24 @@ impl Request {
 
     /// Argument `i`, if the decoder holds all of it.
     pub fn arg(&self, i: usize) -> Option<&[u8]> {
-        (i < self.captured).then(|| &self.raw[self.args[i].0..self.args[i].1])
+        if i >= self.captured {
+            return None;
+        }
+        if i == 0 {
+            return self.raw.get(self.name.0 as usize..self.name.1 as usize);
+        }
+        // `raw` is multibulk the decoder checked (inline requests are re-encoded).
+        let raw = &self.raw[..];
+        let mut pos = self.name.1 as usize + 2;
+        for k in 1..=i {
+            let (len, start) = length_line(raw, pos + 1)?;
+            let end = start.checked_add(len)?;
+            if k == i {
+                return raw.get(start..end);
+            }
+            pos = end + 2;
+        }
+        None
     }
 
     /// True when every argument is held (no tail and within [`MAX_CAPTURED`]).
@@ -162,7 +192,7 @@ impl Request {
         Request {
             raw: out.freeze(),
             argc: args.len(),
-            args: pos,
+            name: pos[0],
             captured: args.len().min(MAX_CAPTURED),
             inline: false,
             tail: None,
@@ -193,6 +223,78 @@ pub fn decode(
         Some(b'*') => decode_multibulk(buf, limits),
         Some(_) => decode_inline(buf, limits),
     }
+}
+
+/// How many whole multibulk requests `buf` starts with, counting at most
+/// `max`. The session charges its command rates for that many at once
+/// instead of one by one.
+///
+/// It stops at anything [`decode`] would treat specially: an inline request,
+/// `*0`, a malformed line, an incomplete request, and after an AUTH or HELLO
+/// (what follows may be charged to another user). So for well-formed input it
+/// never counts a request that decode would not return.
+pub fn count_whole(buf: &[u8], max: usize) -> usize {
+    let mut pos = 0;
+    let mut n = 0;
+    while n < max {
+        let Some(b'*') = buf.get(pos) else { break };
+        let Some((argc, mut at)) = length_line(buf, pos + 1) else {
+            break;
+        };
+        if argc == 0 {
+            break;
+        }
+        let mut login = false;
+        let mut whole = true;
+        for k in 0..argc {
+            let Some(b'$') = buf.get(at) else {
+                whole = false;
+                break;
+            };
+            let Some((len, start)) = length_line(buf, at + 1) else {
+                whole = false;
+                break;
+            };
+            let end = start.saturating_add(len);
+            if buf.len() < end.saturating_add(2) || &buf[end..end + 2] != b"\r\n" {
+                whole = false;
+                break;
+            }
+            if k == 0 {
+                let name = &buf[start..end];
+                login = name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"hello");
+            }
+            at = end + 2;
+        }
+        if !whole {
+            break;
+        }
+        n += 1;
+        pos = at;
+        if login {
+            break;
+        }
+    }
+    n
+}
+
+/// A non-negative length of at most 19 digits at `buf[from..]`, ended by
+/// CRLF: the length and the position after the CRLF.
+fn length_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut v: usize = 0;
+    let mut i = from;
+    loop {
+        let &b = buf.get(i)?;
+        if b == b'\r' {
+            break;
+        }
+        if !b.is_ascii_digit() || i - from >= 19 {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(usize::from(b - b'0'))?;
+        i += 1;
+    }
+    (i > from && buf.get(i + 1) == Some(&b'\n')).then_some((v, i + 2))
 }
 
 /// Finds CRLF in `buf[from..]` within `max` bytes; `Err(())` when it is not there and cannot be.
@@ -297,7 +399,7 @@ fn decode_multibulk(
         }
         check_crlf(&buf[end..end + 2])?;
         if k < MAX_CAPTURED {
-            args[k] = (start, end);
+            args[k] = span(start, end);
             captured = k + 1;
         }
         pos = end + 2;
@@ -306,7 +408,7 @@ fn decode_multibulk(
     Ok(Some(Decoded::Request(Request {
         raw,
         argc,
-        args,
+        name: args[0],
         captured,
         inline: false,
         tail: None,
@@ -335,7 +437,7 @@ fn stream(
     buf: &mut BytesMut,
     upto: usize,
     argc: usize,
-    args: [(usize, usize); MAX_CAPTURED],
+    args: [Span; MAX_CAPTURED],
     captured: usize,
     state: TailState,
     args_left: usize,
@@ -346,7 +448,7 @@ fn stream(
     Decoded::Request(Request {
         raw,
         argc,
-        args,
+        name: args[0],
         captured,
         inline: false,
         tail,
@@ -477,7 +579,7 @@ fn decode_inline(
     Ok(Some(Decoded::Request(Request {
         raw: out.freeze(),
         argc,
-        args,
+        name: args[0],
         captured: argc.min(MAX_CAPTURED),
         inline: true,
         tail: None,
@@ -488,7 +590,7 @@ fn write_multibulk<'a>(
     out: &mut BytesMut,
     args: impl Iterator<Item = &'a [u8]>,
     argc: usize,
-    pos: &mut [(usize, usize); MAX_CAPTURED],
+    pos: &mut [Span; MAX_CAPTURED],
 ) {
     let mut itoa = itoa::Buffer::new();
     out.put_u8(b'*');
@@ -499,7 +601,7 @@ fn write_multibulk<'a>(
         out.put_slice(itoa.format(a.len()).as_bytes());
         out.put_slice(b"\r\n");
         if i < MAX_CAPTURED {
-            pos[i] = (out.len(), out.len() + a.len());
+            pos[i] = span(out.len(), out.len() + a.len());
         }
         out.put_slice(a);
         out.put_slice(b"\r\n");
@@ -651,6 +753,45 @@ mod tests {
             assert!(r.is_inline());
         }
         assert_eq!(args(&got[5]), vec![Vec::<u8>::new()]);
+    }
+
+    #[test]
+    fn count_whole_never_runs_ahead_of_decode() {
+        let pipeline: &[u8] =
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n\
+            *1\r\n$4\r\nPING\r\n*2\r\n$4\r\nauth\r\n$2\r\npw\r\n*1\r\n$4\r\nPING\r\n";
+        // Whole: everything up to and including the AUTH (what follows may be another user's).
+        assert_eq!(count_whole(pipeline, 64), 4);
+        assert_eq!(count_whole(pipeline, 2), 2);
+        assert_eq!(count_whole(&pipeline[pipeline.len() - 14..], 64), 1);
+        // Every prefix, as a client's bytes arrive: never more than decode finds in it.
+        for cut in 0..=pipeline.len() {
+            let found = whole(&pipeline[..cut], &RequestLimits::AUTHENTICATED)
+                .expect("valid")
+                .len();
+            let counted = count_whole(&pipeline[..cut], 64);
+            assert!(
+                counted <= found,
+                "prefix {cut}: counted {counted}, decoded {found}"
+            );
+            assert_eq!(counted, found.min(4), "prefix {cut}");
+        }
+        // Forms it leaves to decode: inline, *0, bad lines, missing CRLF, huge lengths.
+        for odd in [
+            &b"PING\r\n*1\r\n$4\r\nPING\r\n"[..],
+            b"*0\r\n*1\r\n$4\r\nPING\r\n",
+            b"*-1\r\n",
+            b"*1\r\n$-1\r\n",
+            b"*1\r\n$4\r\nPINGxx",
+            b"*1\n$4\r\nPING\r\n",
+            b"*1\r\n$99999999999999999999\r\n",
+            b"*1\r\n$18446744073709551615\r\n",
+            b"*99999999999999999999\r\n",
+            b"*\r\n",
+            b"*1\r\n:4\r\n",
+        ] {
+            assert_eq!(count_whole(odd, 64), 0, "{odd:?}");
+        }
     }
 
     #[test]

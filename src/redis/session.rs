@@ -24,7 +24,7 @@ use super::policy::{self, Verdict};
 use super::pool;
 use super::replies;
 use super::reply::{FrameInfo, ReplyScanner, Scan};
-use super::request::{decode, Decoded, ProtocolError, Request, RequestLimits, Tail};
+use super::request::{count_whole, decode, Decoded, ProtocolError, Request, RequestLimits, Tail};
 use crate::auth::{AuthFailure, Credential, Identity};
 use crate::error::{BackendError, SessionError};
 use crate::guards::{Admission, ByteBudget};
@@ -55,6 +55,10 @@ const OUT_CAP: usize = 256 * 1024;
 
 /// The reply to a command over its rate in `reject` mode.
 const RATE_LIMITED: &[u8] = b"-ERR rate limit exceeded\r\n";
+
+/// Most requests buffered behind one that its command-rate check pays for
+/// at once (see [`crate::guards::Admission::command`]).
+const CHARGE_AHEAD: usize = 63;
 /// The reply when a cap on connections or sessions refuses the client.
 const MAX_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
 
@@ -197,6 +201,8 @@ async fn run(
         pause_timer: Timer::default(),
         reloads: Reloads::new(&ctx.reloads),
         last_command: None,
+        allowed: 0,
+        login: None,
     };
     let result = relay.run().await;
     let Some(pool) = pool else {
@@ -478,6 +484,11 @@ fn is_http(req: &Request) -> bool {
         && (1..req.argc())
             .filter_map(|i| req.arg(i))
             .any(|a| a.starts_with(b"HTTP/"))
+}
+
+/// AUTH or HELLO: may switch the user, and waits for a password check.
+fn is_login(req: &Request) -> bool {
+    eq(req.arg(0), "auth") || eq(req.arg(0), "hello")
 }
 
 fn eq(a: Option<&[u8]>, b: &str) -> bool {
@@ -815,7 +826,14 @@ struct Relay<'a> {
     reloads: Reloads,
     /// The command table entry of the last command seen.
     last_command: Option<&'static super::commands::CommandSpec>,
+    /// Commands allowed since the metric was last updated.
+    allowed: u64,
+    /// An AUTH or HELLO waiting for [`Relay::login_command`].
+    login: Option<LoginRequest>,
 }
+
+/// An AUTH or HELLO after login, with its tail: handled by [`Relay::login_command`].
+type LoginRequest = (Request, Option<Tail>);
 
 /// What woke the relay.
 enum Event {
@@ -1088,6 +1106,16 @@ impl Relay<'_> {
 
     /// Decodes and dispatches client requests while there is room for their replies.
     async fn process_client(&mut self) -> Result<(), SessionError> {
+        let result = self.dispatch_requests().await;
+        // Counted per batch: a shared counter touched per command costs more than the rest of its check.
+        if self.allowed > 0 {
+            self.ctx.metrics.allowed.inc_by(self.allowed);
+            self.allowed = 0;
+        }
+        result
+    }
+
+    async fn dispatch_requests(&mut self) -> Result<(), SessionError> {
         let limits = RequestLimits::AUTHENTICATED;
         while !self.done_reading()
             && self.commands_paused_until.is_none()
@@ -1113,31 +1141,32 @@ impl Relay<'_> {
                 self.req_tail = None;
                 continue;
             }
-            if let Some(req) = self.stashed.take() {
-                self.rate_checked(req).await?;
-                continue;
-            }
-            let decoded = match decode(&mut self.client.buf, &limits) {
-                Ok(Some(d)) => d,
-                Ok(None) => {
-                    if self.client.buf.len() >= CLIENT_IN_CAP {
-                        return Err(SessionError::ClientProtocol(
-                            "request buffer overflow".into(),
-                        ));
+            let req = match self.stashed.take() {
+                Some(req) => req,
+                None => match decode(&mut self.client.buf, &limits) {
+                    Ok(Some(Decoded::Request(req))) => req,
+                    Ok(Some(Decoded::Skip)) => continue,
+                    Ok(None) => {
+                        if self.client.buf.len() >= CLIENT_IN_CAP {
+                            return Err(SessionError::ClientProtocol(
+                                "request buffer overflow".into(),
+                            ));
+                        }
+                        break;
                     }
-                    break;
-                }
-                Err(e) => {
-                    self.ctx.metrics.refused("protocol_error");
-                    info!(event = "command_refused", listener = %self.ctx.listener.name, peer = %self.peer,
-                        user = %escape(self.identity.name().as_bytes()), reason = "protocol_error", error = %e);
-                    self.push_local(Bytes::from(replies::error(&e.to_string())));
-                    self.close_after_pending();
-                    break;
-                }
+                    Err(e) => {
+                        self.ctx.metrics.refused("protocol_error");
+                        info!(event = "command_refused", listener = %self.ctx.listener.name, peer = %self.peer,
+                            user = %escape(self.identity.name().as_bytes()), reason = "protocol_error", error = %e);
+                        self.push_local(Bytes::from(replies::error(&e.to_string())));
+                        self.close_after_pending();
+                        break;
+                    }
+                },
             };
-            if let Decoded::Request(req) = decoded {
-                self.rate_checked(req).await?;
+            self.rate_checked(req)?;
+            if let Some((req, tail)) = self.login.take() {
+                self.login_command(req, tail).await;
             }
         }
         Ok(())
@@ -1146,9 +1175,23 @@ impl Relay<'_> {
     /// Applies the command rates (per IP, per user) before handling a request:
     /// `delay` holds it and stops reading the client until a token is due
     /// (nothing lost, order kept); `reject` answers it in order with an error.
-    async fn rate_checked(&mut self, mut req: Request) -> Result<(), SessionError> {
-        match self.admission.command(self.ctx.listener.limits.action) {
-            Ok(()) => self.handle(req).await,
+    /// An AUTH or HELLO is left in `login`, for [`Relay::login_command`].
+    fn rate_checked(&mut self, mut req: Request) -> Result<(), SessionError> {
+        // The requests already buffered behind this one are charged with it
+        // (unless it is streamed, or may switch the user they are charged to).
+        let buf = &self.client.buf;
+        let upcoming = || {
+            if req.tail.is_some() || is_login(&req) {
+                0
+            } else {
+                count_whole(buf, CHARGE_AHEAD) as u32
+            }
+        };
+        match self
+            .admission
+            .command(self.ctx.listener.limits.action, upcoming)
+        {
+            Ok(()) => self.handle(req),
             Err((wait, Action::Delay)) => {
                 self.stashed = Some(req);
                 self.commands_paused_until = Some(Instant::now() + wait);
@@ -1166,7 +1209,10 @@ impl Relay<'_> {
     }
 
     /// One authenticated request: answer it here, or forward it with a slot for its reply.
-    async fn handle(&mut self, mut req: Request) -> Result<(), SessionError> {
+    /// AUTH and HELLO, which may wait for a password check, are left with
+    /// their tail in `login`, for [`Relay::login_command`] (values this large
+    /// are not returned: the moves cost more than the checks on this path).
+    fn handle(&mut self, mut req: Request) -> Result<(), SessionError> {
         if is_http(&req) {
             self.ctx.metrics.refused("http_request");
             return Err(SessionError::Http);
@@ -1195,11 +1241,9 @@ impl Relay<'_> {
             let reply = Bytes::from_static(replies::NOT_IN_MULTI);
             self.deny(name, "not_in_multi", reply);
             false
-        } else if eq(Some(name), "auth") {
-            self.reauth_auth(&req).await;
-            false
-        } else if eq(Some(name), "hello") {
-            self.hello(&req).await
+        } else if is_login(&req) {
+            self.login = Some((req, tail));
+            return Ok(());
         } else if eq(Some(name), "quit") {
             self.push_local(Bytes::from_static(replies::OK));
             self.close_after_pending();
@@ -1211,6 +1255,19 @@ impl Relay<'_> {
             self.req_tail = Some((tail, forward));
         }
         Ok(())
+    }
+
+    /// AUTH or HELLO after login: may switch the user (a password check).
+    async fn login_command(&mut self, req: Request, tail: Option<Tail>) {
+        let forward = if eq(req.arg(0), "auth") {
+            self.reauth_auth(&req).await;
+            false
+        } else {
+            self.hello(&req).await
+        };
+        if let Some(tail) = tail {
+            self.req_tail = Some((tail, forward));
+        }
     }
 
     /// Checks policy and forwards an ordinary command. Returns whether it was forwarded.
@@ -1230,7 +1287,11 @@ impl Relay<'_> {
         } else {
             None
         };
-        let verdict = self.identity.user().redis_policy.check(name, sub);
+        let verdict = self
+            .identity
+            .user()
+            .redis_policy
+            .check_spec(spec, name, sub);
         let unsupported = match spec.map(|s| s.name) {
             // These break the one-reply-per-request model the proxy relies on.
             Some("monitor") => Some("MONITOR"),
@@ -1250,7 +1311,7 @@ impl Relay<'_> {
             self.deny(name, reason.label(), Bytes::from(reply));
             return false;
         }
-        self.ctx.metrics.allowed.inc();
+        self.allowed += 1;
         let cmd = spec.map_or("", |s| s.name);
         let argc = req.argc();
         match cmd {
