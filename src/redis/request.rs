@@ -225,61 +225,84 @@ pub fn decode(
     }
 }
 
-/// How many whole multibulk requests `buf` starts with, counting at most
-/// `max`. The session charges its command rates for that many at once
-/// instead of one by one.
+/// A whole multibulk request at the front of a buffer, seen in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peeked {
+    /// Its bytes.
+    pub len: usize,
+    /// Its arguments, the name included.
+    pub argc: usize,
+    /// Where the command name lies.
+    pub name: (usize, usize),
+    /// Where the second argument (a subcommand) lies, if there is one.
+    pub sub: Option<(usize, usize)>,
+}
+
+/// The request at the front of `buf`, when it is whole and in multibulk form
+/// that [`decode`] would return as it is. `None` leaves the decision to
+/// decode: an inline request, `*0`, anything malformed or incomplete.
 ///
-/// It stops at anything [`decode`] would treat specially: an inline request,
-/// `*0`, a malformed line, an incomplete request, and after an AUTH or HELLO
-/// (what follows may be charged to another user). So for well-formed input it
-/// never counts a request that decode would not return.
+/// The session forwards such a request straight from its read buffer, with
+/// no copy of its own and no [`Request`] built.
+pub fn peek_whole(buf: &[u8]) -> Option<Peeked> {
+    if buf.first() != Some(&b'*') {
+        return None;
+    }
+    let (argc, mut at) = length_line(buf, 1)?;
+    if argc == 0 {
+        return None;
+    }
+    let mut name = (0, 0);
+    let mut sub = None;
+    for k in 0..argc {
+        if buf.get(at) != Some(&b'$') {
+            return None;
+        }
+        let (len, start) = length_line(buf, at + 1)?;
+        let end = start.checked_add(len)?;
+        if buf.get(end..end.checked_add(2)?)? != b"\r\n" {
+            return None;
+        }
+        match k {
+            0 => name = (start, end),
+            1 => sub = Some((start, end)),
+            _ => {}
+        }
+        at = end + 2;
+    }
+    Some(Peeked {
+        len: at,
+        argc,
+        name,
+        sub,
+    })
+}
+
+/// How many whole multibulk requests `buf` starts with (as [`peek_whole`]
+/// sees them), counting at most `max` and stopping after an AUTH or HELLO
+/// (what follows may be charged to another user). The session charges its
+/// command rates for that many at once instead of one by one; for
+/// well-formed input it never counts a request decode would not return.
 pub fn count_whole(buf: &[u8], max: usize) -> usize {
     let mut pos = 0;
     let mut n = 0;
     while n < max {
-        let Some(b'*') = buf.get(pos) else { break };
-        let Some((argc, mut at)) = length_line(buf, pos + 1) else {
+        let Some(p) = peek_whole(&buf[pos..]) else {
             break;
         };
-        if argc == 0 {
-            break;
-        }
-        let mut login = false;
-        let mut whole = true;
-        for k in 0..argc {
-            let Some(b'$') = buf.get(at) else {
-                whole = false;
-                break;
-            };
-            let Some((len, start)) = length_line(buf, at + 1) else {
-                whole = false;
-                break;
-            };
-            let end = start.saturating_add(len);
-            if buf.len() < end.saturating_add(2) || &buf[end..end + 2] != b"\r\n" {
-                whole = false;
-                break;
-            }
-            if k == 0 {
-                let name = &buf[start..end];
-                login = name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"hello");
-            }
-            at = end + 2;
-        }
-        if !whole {
-            break;
-        }
         n += 1;
-        pos = at;
-        if login {
+        let name = &buf[pos + p.name.0..pos + p.name.1];
+        if name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"hello") {
             break;
         }
+        pos += p.len;
     }
     n
 }
 
-/// A non-negative length of at most 19 digits at `buf[from..]`, ended by
-/// CRLF: the length and the position after the CRLF.
+/// A non-negative length at `buf[from..]` ended by CRLF, as [`parse_int`]
+/// accepts it (at most 19 digits, no leading zero): the length and the
+/// position after the CRLF.
 fn length_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut v: usize = 0;
     let mut i = from;
@@ -288,7 +311,7 @@ fn length_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
         if b == b'\r' {
             break;
         }
-        if !b.is_ascii_digit() || i - from >= 19 {
+        if !b.is_ascii_digit() || i - from >= 19 || (i > from && v == 0) {
             return None;
         }
         v = v.checked_mul(10)?.checked_add(usize::from(b - b'0'))?;
@@ -789,8 +812,61 @@ mod tests {
             b"*99999999999999999999\r\n",
             b"*\r\n",
             b"*1\r\n:4\r\n",
+            b"*01\r\n$4\r\nPING\r\n",
+            b"*1\r\n$04\r\nPING\r\n",
         ] {
             assert_eq!(count_whole(odd, 64), 0, "{odd:?}");
+        }
+    }
+
+    /// What peek_whole says of the front of `buf` must be what decode returns.
+    fn peek_agrees(buf: &[u8]) {
+        let mut owned = BytesMut::from(buf);
+        let decoded = decode(&mut owned, &RequestLimits::AUTHENTICATED);
+        let Some(p) = peek_whole(buf) else { return };
+        let Ok(Some(Decoded::Request(r))) = decoded else {
+            panic!("peeked {p:?} but decode gave {decoded:?} for {buf:?}");
+        };
+        assert!(r.tail.is_none() && !r.is_inline(), "{buf:?}");
+        assert_eq!(&r.raw()[..], &buf[..p.len], "{buf:?}");
+        assert_eq!(r.argc(), p.argc);
+        assert_eq!(r.arg(0), Some(&buf[p.name.0..p.name.1]));
+        assert_eq!(r.arg(1), p.sub.map(|(a, b)| &buf[a..b]));
+    }
+
+    #[test]
+    fn peek_whole_agrees_with_decode() {
+        let pipeline: &[u8] =
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$0\r\n\r\n\
+            PING\r\n*0\r\n*1\r\n$04\r\nPING\r\n*01\r\n$4\r\nPING\r\n*1\r\n$4\r\nPINGxx";
+        for start in 0..pipeline.len() {
+            for end in start..=pipeline.len() {
+                peek_agrees(&pipeline[start..end]);
+            }
+        }
+        // Mutations of a valid pipeline: one to three bytes changed, deterministically.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"*$\r\n0123456789-+:aA ";
+        for _ in 0..20_000 {
+            let mut m = pipeline[..64].to_vec();
+            for _ in 0..=next() % 3 {
+                let at = (next() % m.len() as u64) as usize;
+                m[at] = alphabet[(next() % alphabet.len() as u64) as usize];
+            }
+            peek_agrees(&m);
+            // Never more than decode returns before anything it refuses.
+            let mut buf = BytesMut::from(&m[..]);
+            let mut decoded = 0;
+            while let Ok(Some(d)) = decode(&mut buf, &RequestLimits::AUTHENTICATED) {
+                decoded += usize::from(matches!(d, Decoded::Request(_)));
+            }
+            assert!(count_whole(&m, 64) <= decoded, "{m:?}");
         }
     }
 

@@ -24,7 +24,9 @@ use super::policy::{self, Verdict};
 use super::pool;
 use super::replies;
 use super::reply::{FrameInfo, ReplyScanner, Scan};
-use super::request::{count_whole, decode, Decoded, ProtocolError, Request, RequestLimits, Tail};
+use super::request::{
+    count_whole, decode, peek_whole, Decoded, Peeked, ProtocolError, Request, RequestLimits, Tail,
+};
 use crate::auth::{AuthFailure, Credential, Identity};
 use crate::error::{BackendError, SessionError};
 use crate::guards::{Admission, ByteBudget};
@@ -484,6 +486,31 @@ fn is_http(req: &Request) -> bool {
         && (1..req.argc())
             .filter_map(|i| req.arg(i))
             .any(|a| a.starts_with(b"HTTP/"))
+}
+
+/// Commands the session must see whole (their replies or effects change what
+/// it tracks, or the proxy answers them itself): never passed through in place.
+fn tracked_by_session(name: &str) -> bool {
+    matches!(
+        name,
+        "auth"
+            | "hello"
+            | "quit"
+            | "reset"
+            | "multi"
+            | "exec"
+            | "discard"
+            | "monitor"
+            | "sync"
+            | "psync"
+            | "client"
+            | "subscribe"
+            | "psubscribe"
+            | "ssubscribe"
+            | "unsubscribe"
+            | "punsubscribe"
+            | "sunsubscribe"
+    )
 }
 
 /// AUTH or HELLO: may switch the user, and waits for a password check.
@@ -1117,10 +1144,13 @@ impl Relay<'_> {
 
     async fn dispatch_requests(&mut self) -> Result<(), SessionError> {
         let limits = RequestLimits::AUTHENTICATED;
+        // Whole requests at the front of the read buffer that go to the backend
+        // as they are, not yet queued: a run of them is queued at once.
+        let mut run = 0;
         while !self.done_reading()
             && self.commands_paused_until.is_none()
             && self.slots.len() < self.ctx.limits.max_pipeline
-            && self.to_backend.len < OUT_CAP
+            && self.to_backend.len + run < OUT_CAP
             && self.to_client.len < OUT_CAP
         {
             if let Some((tail, forward)) = &mut self.req_tail {
@@ -1141,6 +1171,21 @@ impl Relay<'_> {
                 self.req_tail = None;
                 continue;
             }
+            // The rate verdict on the request at the front, when already asked.
+            let mut charged = None;
+            if self.stashed.is_none() {
+                if let Some(p) = peek_whole(&self.client.buf[run..]) {
+                    match self.pass_through(run, &p) {
+                        Ok(true) => {
+                            run += p.len;
+                            continue;
+                        }
+                        Ok(false) => charged = Some(Ok(())),
+                        Err(refused) => charged = Some(Err(refused)),
+                    }
+                }
+            }
+            self.queue_run(&mut run);
             let req = match self.stashed.take() {
                 Some(req) => req,
                 None => match decode(&mut self.client.buf, &limits) {
@@ -1164,19 +1209,88 @@ impl Relay<'_> {
                     }
                 },
             };
-            self.rate_checked(req)?;
+            match charged {
+                None => self.rate_checked(req)?,
+                Some(Ok(())) => self.handle(req)?,
+                Some(Err(refused)) => self.rate_refused(req, refused),
+            }
             if let Some((req, tail)) = self.login.take() {
                 self.login_command(req, tail).await;
             }
         }
+        self.queue_run(&mut run);
         Ok(())
+    }
+
+    /// The fast path for the request at `client.buf[at..]`, whole as `p`
+    /// describes it: charges its command rates, and when it is an ordinary
+    /// command the policy allows, gives it a reply slot and leaves its bytes
+    /// where they are, to be queued with the run (`Ok(true)`). `Ok(false)`: it
+    /// is paid, but needs [`Relay::handle`] (refused by policy, or a command
+    /// whose reply or effect the session tracks). `Err`: over its rate.
+    fn pass_through(
+        &mut self,
+        at: usize,
+        p: &Peeked,
+    ) -> Result<bool, (std::time::Duration, Action)> {
+        let buf = &self.client.buf[at..];
+        let name = &buf[p.name.0..p.name.1];
+        let login = name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"hello");
+        let rest = &buf[p.len..];
+        self.admission
+            .command(self.ctx.listener.limits.action, || {
+                if login {
+                    0
+                } else {
+                    count_whole(rest, CHARGE_AHEAD) as u32
+                }
+            })?;
+        let spec = match self.last_command {
+            Some(c) if c.name.as_bytes().eq_ignore_ascii_case(name) => c,
+            _ => match super::commands::lookup(name) {
+                Some(c) => c,
+                None => return Ok(false),
+            },
+        };
+        self.last_command = Some(spec);
+        if tracked_by_session(spec.name) {
+            return Ok(false);
+        }
+        let sub = match p.sub {
+            Some((start, end)) if spec.has_subcommands() => Some(&buf[start..end]),
+            _ => None,
+        };
+        let verdict = self
+            .identity
+            .user()
+            .redis_policy
+            .check_spec(Some(spec), name, sub);
+        if verdict != Verdict::Allow {
+            return Ok(false);
+        }
+        self.allowed += 1;
+        self.slots.push_back(Slot::Reply(Effect::None));
+        Ok(true)
+    }
+
+    /// Queues the run of requests passed through in place (see `dispatch_requests`).
+    fn queue_run(&mut self, run: &mut usize) {
+        match *run {
+            0 => return,
+            n if n <= crate::outbox::COPY_MAX => {
+                self.to_backend.push_slice(&self.client.buf[..n]);
+                self.client.buf.advance(n);
+            }
+            n => self.to_backend.push(self.client.buf.split_to(n).freeze()),
+        }
+        *run = 0;
     }
 
     /// Applies the command rates (per IP, per user) before handling a request:
     /// `delay` holds it and stops reading the client until a token is due
     /// (nothing lost, order kept); `reject` answers it in order with an error.
     /// An AUTH or HELLO is left in `login`, for [`Relay::login_command`].
-    fn rate_checked(&mut self, mut req: Request) -> Result<(), SessionError> {
+    fn rate_checked(&mut self, req: Request) -> Result<(), SessionError> {
         // The requests already buffered behind this one are charged with it
         // (unless it is streamed, or may switch the user they are charged to).
         let buf = &self.client.buf;
@@ -1192,18 +1306,26 @@ impl Relay<'_> {
             .command(self.ctx.listener.limits.action, upcoming)
         {
             Ok(()) => self.handle(req),
-            Err((wait, Action::Delay)) => {
-                self.stashed = Some(req);
-                self.commands_paused_until = Some(Instant::now() + wait);
+            Err(refused) => {
+                self.rate_refused(req, refused);
                 Ok(())
             }
-            Err((_, Action::Reject)) => {
+        }
+    }
+
+    /// A request over its command rate: held back (`delay`) or answered with an error (`reject`).
+    fn rate_refused(&mut self, mut req: Request, (wait, action): (std::time::Duration, Action)) {
+        match action {
+            Action::Delay => {
+                self.stashed = Some(req);
+                self.commands_paused_until = Some(Instant::now() + wait);
+            }
+            Action::Reject => {
                 let name = req.arg(0).unwrap_or(b"").to_vec();
                 if let Some(tail) = req.tail.take() {
                     self.req_tail = Some((tail, false));
                 }
                 self.deny(&name, "rate_limited", Bytes::from_static(RATE_LIMITED));
-                Ok(())
             }
         }
     }
@@ -1473,15 +1595,32 @@ impl Relay<'_> {
 
     /// Scans backend replies and routes them, stopping when the client side is full.
     fn process_backend(&mut self) -> Result<(), SessionError> {
-        while self.to_client.len < OUT_CAP && self.scanned < self.backend_in.len() {
+        // Plain replies at the front of `backend_in`, not yet queued: a run of
+        // them is queued at once. `scanned` counts from the end of the run.
+        let mut run = 0;
+        while self.to_client.len + run < OUT_CAP && run + self.scanned < self.backend_in.len() {
             let step = self
                 .scanner
-                .scan(&self.backend_in[self.scanned..])
+                .scan(&self.backend_in[run + self.scanned..])
                 .map_err(|e| SessionError::Backend(BackendError::Protocol(e.to_string())))?;
             match step {
                 Scan::Complete { len, info } => {
                     let end = self.scanned + len;
                     self.scanned = 0;
+                    if self.streaming_reply.is_none()
+                        && end <= crate::outbox::COPY_MAX
+                        && self.plain_reply(&info)
+                    {
+                        // The head request's reply, nothing to track: it joins the run.
+                        self.slots.pop_front();
+                        run += end;
+                        if matches!(self.slots.front(), Some(Slot::Local(_) | Slot::Close)) {
+                            self.queue_replies(&mut run);
+                            self.drain_locals();
+                        }
+                        continue;
+                    }
+                    self.queue_replies(&mut run);
                     let disposition = match self.streaming_reply.take() {
                         Some(d) => d,
                         None => self.classify(&info),
@@ -1502,6 +1641,7 @@ impl Relay<'_> {
                     }
                 }
                 Scan::Partial => {
+                    self.queue_replies(&mut run);
                     self.scanned = self.backend_in.len();
                     if self.scanned >= REPLY_STREAM_AFTER {
                         let info = *self.scanner.partial_info();
@@ -1519,7 +1659,25 @@ impl Relay<'_> {
                 }
             }
         }
+        self.queue_replies(&mut run);
         Ok(())
+    }
+
+    /// Whether a complete reply is the head request's and needs nothing but
+    /// passing on: what [`Relay::classify`] sends to the client as a reply,
+    /// for a slot that [`Relay::reply_done`] only pops.
+    fn plain_reply(&self, info: &FrameInfo) -> bool {
+        matches!(self.slots.front(), Some(Slot::Reply(Effect::None)))
+            && self.classify(info) == Disposition::Reply
+    }
+
+    /// Queues the run of replies passed on in place (see `process_backend`).
+    fn queue_replies(&mut self, run: &mut usize) {
+        if *run > 0 {
+            self.to_client.push_slice(&self.backend_in[..*run]);
+            self.backend_in.advance(*run);
+            *run = 0;
+        }
     }
 
     /// Decides where a backend reply goes, from its first bytes.
