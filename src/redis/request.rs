@@ -226,7 +226,7 @@ pub fn decode(
 }
 
 /// A whole multibulk request at the front of a buffer, seen in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Peeked {
     /// Its bytes.
     pub len: usize,

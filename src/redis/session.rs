@@ -61,6 +61,9 @@ const RATE_LIMITED: &[u8] = b"-ERR rate limit exceeded\r\n";
 /// Most requests buffered behind one that its command-rate check pays for
 /// at once (see [`crate::guards::Admission::command`]).
 const CHARGE_AHEAD: usize = 63;
+
+/// Requests the fast path peeks at once (and so pays for at once).
+const PASS_BATCH: usize = 32;
 /// The reply when a cap on connections or sessions refuses the client.
 const MAX_CLIENTS: &[u8] = b"-ERR max number of clients reached\r\n";
 
@@ -859,6 +862,17 @@ struct Relay<'a> {
     login: Option<LoginRequest>,
 }
 
+/// What [`Relay::pass_through`] left at the front of the read buffer.
+enum Front {
+    /// No whole multibulk request: decode decides.
+    NotWhole,
+    /// The pipeline or the backend queue is full.
+    Full,
+    /// A request whose command rates were asked (`Err`: it is over them) and
+    /// that needs [`Relay::handle`] or a refusal.
+    Charged(Result<(), (std::time::Duration, Action)>),
+}
+
 /// An AUTH or HELLO after login, with its tail: handled by [`Relay::login_command`].
 type LoginRequest = (Request, Option<Tail>);
 
@@ -1174,15 +1188,10 @@ impl Relay<'_> {
             // The rate verdict on the request at the front, when already asked.
             let mut charged = None;
             if self.stashed.is_none() {
-                if let Some(p) = peek_whole(&self.client.buf[run..]) {
-                    match self.pass_through(run, &p) {
-                        Ok(true) => {
-                            run += p.len;
-                            continue;
-                        }
-                        Ok(false) => charged = Some(Ok(())),
-                        Err(refused) => charged = Some(Err(refused)),
-                    }
+                match self.pass_through(&mut run) {
+                    Front::NotWhole => {}
+                    Front::Full => continue,
+                    Front::Charged(verdict) => charged = Some(verdict),
                 }
             }
             self.queue_run(&mut run);
@@ -1222,29 +1231,64 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// The fast path for the request at `client.buf[at..]`, whole as `p`
-    /// describes it: charges its command rates, and when it is an ordinary
-    /// command the policy allows, gives it a reply slot and leaves its bytes
-    /// where they are, to be queued with the run (`Ok(true)`). `Ok(false)`: it
-    /// is paid, but needs [`Relay::handle`] (refused by policy, or a command
-    /// whose reply or effect the session tracks). `Err`: over its rate.
-    fn pass_through(
+    /// The fast path: passes whole requests at the front of the read buffer
+    /// (after the `run` already passed) through in place, as long as each is an
+    /// ordinary command the policy allows (see [`Relay::pass_one`]) and there
+    /// is room. They are peeked a batch at a time, so the first check of a
+    /// batch can pay the command rates for all of it.
+    fn pass_through(&mut self, run: &mut usize) -> Front {
+        loop {
+            let mut batch = [Peeked::default(); PASS_BATCH];
+            let mut n = 0;
+            let mut at = *run;
+            while n < PASS_BATCH {
+                let Some(p) = peek_whole(&self.client.buf[at..]) else {
+                    break;
+                };
+                batch[n] = p;
+                n += 1;
+                at += p.len;
+                // What follows an AUTH or HELLO may be another user's: not paid with it.
+                let name = &self.client.buf[at - p.len + p.name.0..at - p.len + p.name.1];
+                if name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"hello") {
+                    break;
+                }
+            }
+            if n == 0 {
+                return Front::NotWhole;
+            }
+            for (i, p) in batch[..n].iter().enumerate() {
+                if self.slots.len() >= self.ctx.limits.max_pipeline
+                    || self.to_backend.len + *run >= OUT_CAP
+                {
+                    return Front::Full;
+                }
+                match self.pass_one(*run, p, (n - 1 - i) as u32) {
+                    Ok(true) => *run += p.len,
+                    Ok(false) => return Front::Charged(Ok(())),
+                    Err(refused) => return Front::Charged(Err(refused)),
+                }
+            }
+        }
+    }
+
+    /// One request of the fast path, at `client.buf[at..]`, whole as `p`
+    /// describes it, with `upcoming` whole requests peeked behind it: charges
+    /// its command rates, and when it is an ordinary command the policy
+    /// allows, gives it a reply slot and leaves its bytes where they are, to be
+    /// queued with the run (`Ok(true)`). `Ok(false)`: it is paid, but needs
+    /// [`Relay::handle`] (refused by policy, or a command whose reply or effect
+    /// the session tracks). `Err`: over its rate.
+    fn pass_one(
         &mut self,
         at: usize,
         p: &Peeked,
+        upcoming: u32,
     ) -> Result<bool, (std::time::Duration, Action)> {
+        self.admission
+            .command(self.ctx.listener.limits.action, || upcoming)?;
         let buf = &self.client.buf[at..];
         let name = &buf[p.name.0..p.name.1];
-        let login = name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"hello");
-        let rest = &buf[p.len..];
-        self.admission
-            .command(self.ctx.listener.limits.action, || {
-                if login {
-                    0
-                } else {
-                    count_whole(rest, CHARGE_AHEAD) as u32
-                }
-            })?;
         let spec = match self.last_command {
             Some(c) if c.name.as_bytes().eq_ignore_ascii_case(name) => c,
             _ => match super::commands::lookup(name) {
