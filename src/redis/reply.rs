@@ -459,9 +459,84 @@ impl ReplyScanner {
     }
 }
 
+/// The length of a whole scalar reply at the front of `buf` (a simple string,
+/// error, integer, null, boolean, double, big number or bulk string), when it
+/// is at most `max` bytes and [`ReplyScanner::scan`] would take it as one
+/// frame of that length; `None` leaves the decision to the scanner
+/// (aggregates, pushes, attributes, anything incomplete, odd or longer).
+///
+/// Scalars are most replies, and the session passes them on without
+/// scanning byte by byte; it calls this only between frames.
+pub fn peek_scalar(buf: &[u8], max: usize) -> Option<usize> {
+    let window = &buf[..buf.len().min(max)];
+    match window.first()? {
+        b'+' | b'-' | b':' | b',' | b'#' | b'(' | b'_' => {
+            let cr = window.iter().position(|&c| c == b'\r')?;
+            (window.get(cr + 1) == Some(&b'\n')).then_some(cr + 2)
+        }
+        b'$' => {
+            if window.starts_with(b"$-1\r\n") {
+                return Some(5);
+            }
+            let (len, start) = super::request::length_line(window, 1)?;
+            let end = start.checked_add(len)?;
+            (window.get(end..end.checked_add(2)?)? == b"\r\n").then_some(end + 2)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What peek_scalar says of the front of `buf` must be what the scanner finds.
+    fn peek_agrees(buf: &[u8]) {
+        let Some(len) = peek_scalar(buf, 2048) else {
+            return;
+        };
+        match ReplyScanner::new().scan(buf) {
+            Ok(Scan::Complete { len: scanned, info }) => {
+                assert_eq!(len, scanned, "{buf:?}");
+                assert!(!info.is_push() && info.count == 0, "{buf:?}");
+            }
+            other => panic!("peeked {len} but the scanner gave {other:?} for {buf:?}"),
+        }
+    }
+
+    #[test]
+    fn peek_scalar_agrees_with_the_scanner() {
+        let replies: &[u8] = b"+OK\r\n-ERR no\r\n:12\r\n$3\r\nabc\r\n$-1\r\n$0\r\n\r\n_\r\n#t\r\n,1.5\r\n\
+            (12345678901234567890\r\n*2\r\n$1\r\na\r\n:1\r\n>2\r\n+x\r\n+y\r\n|1\r\n+a\r\n+b\r\n+z\r\n\
+            $03\r\nabc\r\n$-2\r\n+a\rb\r\n$4\r\nabc\r\n\r\n";
+        for start in 0..replies.len() {
+            for end in start..=replies.len() {
+                peek_agrees(&replies[start..end]);
+            }
+        }
+        assert_eq!(peek_scalar(b"+OK\r\n", 2048), Some(5));
+        assert_eq!(peek_scalar(b"$3\r\nabc\r\n+OK", 2048), Some(9));
+        assert_eq!(peek_scalar(b"$3\r\nabc\r\n", 8), None, "over max");
+        assert_eq!(peek_scalar(b"*1\r\n+OK\r\n", 2048), None, "aggregate");
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"+-:$_#,(*>|\r\n0123456789ab";
+        for _ in 0..20_000 {
+            let mut m = replies[..48].to_vec();
+            for _ in 0..=next() % 3 {
+                let at = (next() % m.len() as u64) as usize;
+                m[at] = alphabet[(next() % alphabet.len() as u64) as usize];
+            }
+            for start in 0..m.len() {
+                peek_agrees(&m[start..]);
+            }
+        }
+    }
 
     /// Scans `input` whole, returning each frame's end offset and info.
     fn frames_whole(input: &[u8]) -> Result<Vec<(usize, FrameInfo)>, ReplyError> {

@@ -303,7 +303,7 @@ pub fn count_whole(buf: &[u8], max: usize) -> usize {
 /// A non-negative length at `buf[from..]` ended by CRLF, as [`parse_int`]
 /// accepts it (at most 19 digits, no leading zero): the length and the
 /// position after the CRLF.
-fn length_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+pub(super) fn length_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     let mut v: usize = 0;
     let mut i = from;
     loop {

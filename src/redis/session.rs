@@ -23,7 +23,7 @@ use super::backend::{self, Login};
 use super::policy::{self, Verdict};
 use super::pool;
 use super::replies;
-use super::reply::{FrameInfo, ReplyScanner, Scan};
+use super::reply::{peek_scalar, FrameInfo, ReplyScanner, Scan};
 use super::request::{
     count_whole, decode, peek_whole, Decoded, Peeked, ProtocolError, Request, RequestLimits, Tail,
 };
@@ -1643,6 +1643,22 @@ impl Relay<'_> {
         // them is queued at once. `scanned` counts from the end of the run.
         let mut run = 0;
         while self.to_client.len + run < OUT_CAP && run + self.scanned < self.backend_in.len() {
+            // Between frames, a scalar reply to an ordinary request joins the run unscanned.
+            if self.scanned == 0
+                && !self.scanner.in_frame()
+                && self.streaming_reply.is_none()
+                && matches!(self.slots.front(), Some(Slot::Reply(Effect::None)))
+            {
+                if let Some(len) = peek_scalar(&self.backend_in[run..], crate::outbox::COPY_MAX) {
+                    self.slots.pop_front();
+                    run += len;
+                    if matches!(self.slots.front(), Some(Slot::Local(_) | Slot::Close)) {
+                        self.queue_replies(&mut run);
+                        self.drain_locals();
+                    }
+                    continue;
+                }
+            }
             let step = self
                 .scanner
                 .scan(&self.backend_in[run + self.scanned..])
