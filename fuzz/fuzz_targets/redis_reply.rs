@@ -12,11 +12,14 @@
 //! streamed types and nesting past `MAX_DEPTH`, and does not validate scalar
 //! contents; redis-protocol refuses `*-1`/`$-1`, bad numbers, doubles and
 //! booleans), so only frames both accept are compared.
+//!
+//! At every offset, `peek_scalar` (the session's shortcut for scalar replies)
+//! must take only what the scanner takes as one frame, and as long.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::redis::reply::{FrameInfo, ReplyError, ReplyScanner, Scan};
+use portcullis::redis::reply::{peek_scalar, FrameInfo, ReplyError, ReplyScanner, Scan};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&k, rest)) = data.split_first() else {
@@ -36,6 +39,20 @@ fuzz_target!(|data: &[u8]| {
     for &(end, _) in &whole.frames {
         agree_with_redis_protocol(&input[start..], end - start);
         start = end;
+    }
+
+    // The session's shortcut between frames: where peek_scalar takes a reply,
+    // the scanner must find one frame of that length, a scalar.
+    for at in 0..input.len() {
+        if let Some(len) = peek_scalar(&input[at..], 2048) {
+            match ReplyScanner::new().scan(&input[at..]) {
+                Ok(Scan::Complete { len: scanned, info }) => {
+                    assert_eq!(len, scanned, "peek_scalar and the scanner disagree at {at}");
+                    assert!(!info.is_push(), "peek_scalar took a push");
+                }
+                other => panic!("peek_scalar took {len} bytes at {at}; the scanner: {other:?}"),
+            }
+        }
     }
 });
 

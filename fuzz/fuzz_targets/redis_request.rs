@@ -16,13 +16,16 @@
 //! Per call, in every run: `Ok(None)` consumes nothing, `Ok(Some(..))`
 //! consumes at least one byte, a multibulk request's bytes are exactly what it
 //! consumed, and a whole request's bytes decode again to the same arguments.
+//! Where `peek_whole` (the session's fast path) takes the front of the buffer,
+//! decode must return a whole multibulk request of that length and argc.
 
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use portcullis::redis::request::{
-    decode, Decoded, ProtocolError, Request, RequestLimits, Tail, MAX_CAPTURED,
+    count_whole, decode, peek_whole, Decoded, ProtocolError, Request, RequestLimits, Tail,
+    MAX_CAPTURED,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -185,8 +188,28 @@ impl<'a> Run<'a> {
                 self.tail = None;
             }
 
+            // The session's fast path (after login only) sees the same front first.
+            let peeked = peek_whole(&self.buf).filter(|_| self.limits.authenticated);
+            let counted = count_whole(&self.buf, usize::MAX);
             let before = self.buf.len();
-            let decoded = decode(&mut self.buf, &self.limits)?;
+            let decoded = decode(&mut self.buf, &self.limits);
+            if let Some(p) = peeked {
+                match &decoded {
+                    Ok(Some(Decoded::Request(r))) => {
+                        assert!(
+                            r.tail.is_none() && !r.is_inline(),
+                            "peeked a streamed or inline request"
+                        );
+                        assert_eq!(before - self.buf.len(), p.len, "peeked length differs");
+                        assert_eq!(r.argc(), p.argc, "peeked argc differs");
+                        assert!(counted >= 1, "count_whole missed a peeked request");
+                    }
+                    other => panic!("peek_whole took {p:?}; decode: {other:?}"),
+                }
+            } else if self.limits.authenticated {
+                assert_eq!(counted, 0, "count_whole counted what peek_whole refused");
+            }
+            let decoded = decoded?;
             let used = before - self.buf.len();
             let Some(decoded) = decoded else {
                 assert_eq!(used, 0, "Ok(None) consumed bytes");
