@@ -9,8 +9,8 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use portcullis::redis::reply::{ReplyScanner, Scan};
-use portcullis::redis::request::{decode, Decoded, RequestLimits, Tail};
+use portcullis::redis::reply::{peek_scalar, ReplyScanner, Scan};
+use portcullis::redis::request::{decode, peek_whole, Decoded, RequestLimits, Tail};
 
 /// Requests in one pipelined batch, as a client library's pipeline would send them.
 const PIPELINE: usize = 16;
@@ -116,6 +116,16 @@ fn requests(c: &mut Criterion) {
         });
     }
 
+    // The relay's fast path: whole requests seen in place, nothing split or built.
+    for (name, input) in [
+        ("peek_pipeline_16_set_100b", set_pipeline()),
+        ("peek_pipeline_16_get", get_pipeline()),
+    ] {
+        assert_eq!(peek_all(&input), PIPELINE);
+        g.throughput(Throughput::Bytes(input.len() as u64));
+        g.bench_function(name, |b| b.iter(|| peek_all(black_box(&input))));
+    }
+
     let mut large = format!("*3\r\n$3\r\nSET\r\n$9\r\nkey:large\r\n${LARGE}\r\n").into_bytes();
     large.resize(large.len() + LARGE, b'v');
     large.extend_from_slice(b"\r\n");
@@ -125,6 +135,29 @@ fn requests(c: &mut Criterion) {
         b.iter(|| stream_all(black_box(&large), &limits))
     });
     g.finish();
+}
+
+/// Peeks every whole request in `input`, as the relay's fast path does.
+fn peek_all(input: &[u8]) -> usize {
+    let mut at = 0;
+    let mut n = 0;
+    while let Some(p) = peek_whole(&input[at..]) {
+        black_box(&input[at + p.name.0..at + p.name.1]);
+        at += p.len;
+        n += 1;
+    }
+    n
+}
+
+/// Takes every scalar reply in `input` with `peek_scalar`, as the relay does between frames.
+fn peek_scalars(input: &[u8]) -> usize {
+    let mut at = 0;
+    let mut n = 0;
+    while let Some(len) = peek_scalar(&input[at..], 2048) {
+        at += len;
+        n += 1;
+    }
+    n
 }
 
 /// Scans `input` in reads of `read` bytes; returns the replies found.
@@ -182,6 +215,11 @@ fn replies(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(input.len() as u64));
         g.bench_function(name, |b| b.iter(|| scan_all(black_box(input), read)));
     }
+    assert_eq!(peek_scalars(&bulks), PIPELINE);
+    g.throughput(Throughput::Bytes(bulks.len() as u64));
+    g.bench_function("peek_scalar_pipeline_16_bulk_100b", |b| {
+        b.iter(|| peek_scalars(black_box(&bulks)))
+    });
     g.finish();
 }
 

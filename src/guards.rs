@@ -299,16 +299,24 @@ impl Admission {
         let mut ahead = || *ahead.get_or_insert_with(|| upcoming.take().map_or(0, |f| f()));
         if let Some(r) = &self.listener.commands {
             let key = crate::limits::client_key(self.ip);
-            take(&mut self.credits.ip, r.spec(), &mut ahead, |n| {
-                r.check_n(&key, n)
-            })
+            take(
+                &mut self.credits.ip,
+                r.spec(),
+                &mut ahead,
+                |n| r.check_n(&key, n),
+                || r.check(&key),
+            )
             .map_err(|wait| (wait, listener_action))?;
         }
         if let Some(g) = &self.user_guard {
             if let Some(r) = &g.commands {
-                take(&mut self.credits.user, r.spec(), &mut ahead, |n| {
-                    r.check_n(n)
-                })
+                take(
+                    &mut self.credits.user,
+                    r.spec(),
+                    &mut ahead,
+                    |n| r.check_n(n),
+                    || r.check(),
+                )
                 .map_err(|wait| (wait, g.action))?;
             }
         }
@@ -330,6 +338,7 @@ fn take(
     spec: RateSpec,
     ahead: &mut impl FnMut() -> u32,
     check_n: impl Fn(u32) -> Result<(), Duration>,
+    check: impl Fn() -> Result<(), Duration>,
 ) -> Result<(), Duration> {
     if *credit > 0 {
         *credit -= 1;
@@ -341,7 +350,7 @@ fn take(
         *credit = more;
         return Ok(());
     }
-    check_n(1)
+    check()
 }
 
 /// A per-connection byte budget over a [`Rate`]: reads are capped at the
