@@ -322,6 +322,14 @@ impl Admission {
         }
         Ok(())
     }
+
+    /// Forgets the tokens paid ahead: the caller stopped before handling the
+    /// commands they were for, and will charge them again when it does. Kept
+    /// across a pause they would let a session spend them on top of what the
+    /// buckets refilled meanwhile.
+    pub fn drop_credits(&mut self) {
+        self.credits = Credits::default();
+    }
 }
 
 /// Command tokens a session has paid for ahead (see [`Admission::command`]).
@@ -461,6 +469,18 @@ mod tests {
         assert_eq!(a.command(Action::Reject, || 15), Ok(()));
         // Logging in again drops the 15 paid ahead: 9 are left in the bucket.
         a.authenticated(&guards, &who).expect("session slot");
+        let n = admitted(&mut a, 0);
+        assert!((9..=10).contains(&n), "admitted {n}");
+    }
+
+    #[test]
+    fn dropped_credits_are_charged_again() {
+        let (guards, who) = setup("commands_per_second_per_user = 250");
+        let mut a = session(&guards, &who);
+        assert_eq!(a.command(Action::Reject, || 15), Ok(()));
+        // The session stopped before the 15 it paid for: they are charged again
+        // when they run, against the 9 tokens left.
+        a.drop_credits();
         let n = admitted(&mut a, 0);
         assert!((9..=10).contains(&n), "admitted {n}");
     }

@@ -1148,6 +1148,9 @@ impl Relay<'_> {
     /// Decodes and dispatches client requests while there is room for their replies.
     async fn process_client(&mut self) -> Result<(), SessionError> {
         let result = self.dispatch_requests().await;
+        // Tokens paid ahead for requests left unhandled (a full queue, a pause) are not
+        // kept: by the time those requests run, the buckets have refilled.
+        self.admission.drop_credits();
         // Counted per batch: a shared counter touched per command costs more than the rest of its check.
         if self.allowed > 0 {
             self.ctx.metrics.allowed.inc_by(self.allowed);
@@ -1241,7 +1244,11 @@ impl Relay<'_> {
             let mut batch = [Peeked::default(); PASS_BATCH];
             let mut n = 0;
             let mut at = *run;
-            while n < PASS_BATCH {
+            // Only what there is room for now: tokens paid ahead are for requests handled in this call.
+            while n < PASS_BATCH
+                && self.slots.len() + n < self.ctx.limits.max_pipeline
+                && self.to_backend.len + at < OUT_CAP
+            {
                 let Some(p) = peek_whole(&self.client.buf[at..]) else {
                     break;
                 };
@@ -1342,7 +1349,13 @@ impl Relay<'_> {
             if req.tail.is_some() || is_login(&req) {
                 0
             } else {
-                count_whole(buf, CHARGE_AHEAD) as u32
+                // Only requests there is room for now (see `pass_through`).
+                let room = self
+                    .ctx
+                    .limits
+                    .max_pipeline
+                    .saturating_sub(self.slots.len() + 1);
+                count_whole(buf, CHARGE_AHEAD.min(room)) as u32
             }
         };
         match self
@@ -1659,10 +1672,14 @@ impl Relay<'_> {
                     continue;
                 }
             }
-            let step = self
-                .scanner
-                .scan(&self.backend_in[run + self.scanned..])
-                .map_err(|e| SessionError::Backend(BackendError::Protocol(e.to_string())))?;
+            let step = match self.scanner.scan(&self.backend_in[run + self.scanned..]) {
+                Ok(step) => step,
+                Err(e) => {
+                    // The replies before the bad bytes are still the client's.
+                    self.queue_replies(&mut run);
+                    return Err(SessionError::Backend(BackendError::Protocol(e.to_string())));
+                }
+            };
             match step {
                 Scan::Complete { len, info } => {
                     let end = self.scanned + len;
