@@ -292,12 +292,18 @@ pub fn count_whole(buf: &[u8], max: usize) -> usize {
         };
         n += 1;
         let name = &buf[pos + p.name.0..pos + p.name.1];
-        if name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"hello") {
+        if is_login_name(name) {
             break;
         }
         pos += p.len;
     }
     n
+}
+
+/// AUTH or HELLO (any case): a command that may switch the user, so what
+/// follows it is not charged with it.
+pub fn is_login_name(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"hello")
 }
 
 /// A non-negative length at `buf[from..]` ended by CRLF, as [`parse_int`]

@@ -25,7 +25,8 @@ use super::pool;
 use super::replies;
 use super::reply::{peek_scalar, FrameInfo, ReplyScanner, Scan};
 use super::request::{
-    count_whole, decode, peek_whole, Decoded, Peeked, ProtocolError, Request, RequestLimits, Tail,
+    count_whole, decode, is_login_name, peek_whole, Decoded, Peeked, ProtocolError, Request,
+    RequestLimits, Tail,
 };
 use crate::auth::{AuthFailure, Credential, Identity};
 use crate::error::{BackendError, SessionError};
@@ -518,7 +519,7 @@ fn tracked_by_session(name: &str) -> bool {
 
 /// AUTH or HELLO: may switch the user, and waits for a password check.
 fn is_login(req: &Request) -> bool {
-    eq(req.arg(0), "auth") || eq(req.arg(0), "hello")
+    req.arg(0).is_some_and(is_login_name)
 }
 
 fn eq(a: Option<&[u8]>, b: &str) -> bool {
@@ -1257,7 +1258,7 @@ impl Relay<'_> {
                 at += p.len;
                 // What follows an AUTH or HELLO may be another user's: not paid with it.
                 let name = &self.client.buf[at - p.len + p.name.0..at - p.len + p.name.1];
-                if name.eq_ignore_ascii_case(b"auth") || name.eq_ignore_ascii_case(b"hello") {
+                if is_login_name(name) {
                     break;
                 }
             }
@@ -1663,12 +1664,7 @@ impl Relay<'_> {
                 && matches!(self.slots.front(), Some(Slot::Reply(Effect::None)))
             {
                 if let Some(len) = peek_scalar(&self.backend_in[run..], crate::outbox::COPY_MAX) {
-                    self.slots.pop_front();
-                    run += len;
-                    if matches!(self.slots.front(), Some(Slot::Local(_) | Slot::Close)) {
-                        self.queue_replies(&mut run);
-                        self.drain_locals();
-                    }
+                    self.pass_reply(&mut run, len);
                     continue;
                 }
             }
@@ -1688,13 +1684,7 @@ impl Relay<'_> {
                         && end <= crate::outbox::COPY_MAX
                         && self.plain_reply(&info)
                     {
-                        // The head request's reply, nothing to track: it joins the run.
-                        self.slots.pop_front();
-                        run += end;
-                        if matches!(self.slots.front(), Some(Slot::Local(_) | Slot::Close)) {
-                            self.queue_replies(&mut run);
-                            self.drain_locals();
-                        }
+                        self.pass_reply(&mut run, end);
                         continue;
                     }
                     self.queue_replies(&mut run);
@@ -1746,6 +1736,17 @@ impl Relay<'_> {
     fn plain_reply(&self, info: &FrameInfo) -> bool {
         matches!(self.slots.front(), Some(Slot::Reply(Effect::None)))
             && self.classify(info) == Disposition::Reply
+    }
+
+    /// The head request's reply, `len` bytes after the run, has nothing to
+    /// track: it joins the run, and the replies the proxy owes after it follow.
+    fn pass_reply(&mut self, run: &mut usize, len: usize) {
+        self.slots.pop_front();
+        *run += len;
+        if matches!(self.slots.front(), Some(Slot::Local(_) | Slot::Close)) {
+            self.queue_replies(run);
+            self.drain_locals();
+        }
     }
 
     /// Queues the run of replies passed on in place (see `process_backend`).
