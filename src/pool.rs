@@ -51,6 +51,14 @@ impl PoolConfig {
     }
 }
 
+/// Readies a connection taken from the pool for the calling worker thread:
+/// one opened on another shard is moved to this one's poller
+/// ([`crate::stream::BackendStream::rehome`]). `false`: it could not be, close it.
+pub fn settle(stream: &mut crate::stream::BackendStream, home: Option<usize>) -> bool {
+    let here = crate::shards::current();
+    here.is_none() || here == home || stream.rehome().is_ok()
+}
+
 /// A session taken from the pool, with when it logged in.
 #[derive(Debug)]
 pub struct Taken<C> {
@@ -58,6 +66,8 @@ pub struct Taken<C> {
     pub conn: C,
     /// When it logged in to the backend.
     pub born: Instant,
+    /// The worker thread whose poller watches it ([`crate::shards::current`]).
+    pub home: Option<usize>,
 }
 
 struct Idle<C> {
@@ -148,6 +158,7 @@ impl<K: Eq + Hash + Clone, C> Pool<K, C> {
                 let taken = Taken {
                     conn: e.conn,
                     born: e.born,
+                    home: e.home,
                 };
                 return (Some(taken), expired);
             }
@@ -158,6 +169,7 @@ impl<K: Eq + Hash + Clone, C> Pool<K, C> {
                 found = Some(Taken {
                     conn: e.conn,
                     born: e.born,
+                    home: e.home,
                 });
                 break;
             }

@@ -197,9 +197,139 @@ impl AsyncWrite for ClientTcp {
     }
 }
 
+impl BackendStream {
+    /// Moves the socket to the calling worker thread's poller, so that its
+    /// events wake this thread directly instead of by a cross-thread wakeup
+    /// (a pooled connection opened on another shard, [`crate::shards`]).
+    ///
+    /// The descriptor is duplicated and the copy registered here; dropping the
+    /// old handle removes it from the other poller and closes only that
+    /// descriptor, so the connection itself and the TLS state stay as they were.
+    pub fn rehome(&mut self) -> io::Result<()> {
+        let tcp = match self {
+            BackendStream::Plain(tcp) => tcp,
+            BackendStream::Tls(s) => s.get_mut().0,
+        };
+        let dup = std::net::TcpStream::from(std::os::fd::AsFd::as_fd(&*tcp).try_clone_to_owned()?);
+        drop(std::mem::replace(tcp, TcpStream::from_std(dup)?));
+        Ok(())
+    }
+}
+
 impl ClientStream {
     /// Whether the client is on TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// An echo server (over TLS when `tls` is given) on a runtime of its own.
+    fn echo_server(
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                listener.set_nonblocking(true).expect("nonblocking");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let (tcp, _) = listener.accept().await.expect("accept");
+                let mut s: Box<dyn Stream> = match tls {
+                    Some(c) => Box::new(
+                        tokio_rustls::TlsAcceptor::from(c)
+                            .accept(tcp)
+                            .await
+                            .expect("handshake"),
+                    ),
+                    None => Box::new(tcp),
+                };
+                let mut buf = [0u8; 64];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    let _ = s.flush().await;
+                }
+            })
+        });
+        (addr, server)
+    }
+
+    trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+    async fn ping(s: &mut BackendStream, word: &[u8]) -> Vec<u8> {
+        s.write_all(word).await.expect("write");
+        s.flush().await.expect("flush");
+        let mut got = vec![0u8; word.len()];
+        s.read_exact(&mut got).await.expect("read");
+        got
+    }
+
+    /// Opens a connection on one runtime, drops that runtime (and its poller),
+    /// then uses the connection on another: only a rehomed socket still works.
+    fn rehomed_connection_outlives_the_poller_that_opened_it(tls: bool) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = crate::tls::generate_dev_certs(dir.path(), "client", &[]).expect("certs");
+        let server_tls = tls.then(|| {
+            crate::tls::server_config(
+                &certs.server_cert,
+                &certs.server_key,
+                None,
+                crate::tls::ClientCertMode::None,
+                &[],
+            )
+            .expect("server config")
+        });
+        let (addr, server) = echo_server(server_tls);
+
+        let first = runtime();
+        let mut stream = first.block_on(async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let mut s = if tls {
+                let config = crate::tls::client_config(Some(&certs.ca_cert), true).expect("config");
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                let s = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .expect("handshake");
+                BackendStream::Tls(Box::new(s))
+            } else {
+                BackendStream::Plain(tcp)
+            };
+            assert_eq!(ping(&mut s, b"first").await, b"first");
+            s
+        });
+        drop(first);
+
+        runtime().block_on(async {
+            stream.rehome().expect("rehome");
+            assert_eq!(ping(&mut stream, b"second").await, b"second");
+            stream.shutdown().await.expect("shutdown");
+        });
+        drop(stream);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn a_plain_connection_moves_to_the_calling_poller() {
+        rehomed_connection_outlives_the_poller_that_opened_it(false);
+    }
+
+    #[test]
+    fn a_tls_connection_moves_to_the_calling_poller_with_its_session() {
+        rehomed_connection_outlives_the_poller_that_opened_it(true);
     }
 }

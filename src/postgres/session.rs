@@ -352,7 +352,9 @@ fn checkout(
             metrics.pool_event(name, "new");
             break None;
         };
-        if crate::pool::is_quiet(&mut t.conn.stream) {
+        if crate::pool::is_quiet(&mut t.conn.stream)
+            && crate::pool::settle(&mut t.conn.stream, t.home)
+        {
             metrics.pool_event(name, "reused");
             break Some((t.conn, t.born));
         }
