@@ -51,10 +51,53 @@ impl PoolConfig {
     }
 }
 
-/// Readies a connection taken from the pool for the calling worker thread:
-/// one opened on another shard is moved to this one's poller
+/// A pooled backend session, as [`checkout`] sees it.
+pub trait Pooled: Sized + Send + 'static {
+    /// Its stream.
+    fn stream(&mut self) -> &mut crate::stream::BackendStream;
+    /// Closes it within `limit`, as its protocol would.
+    fn close(self, limit: Duration) -> impl std::future::Future<Output = ()> + Send + 'static;
+}
+
+/// How long closing a backend session may take.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The most recently used idle session for `key` that is still open, ready
+/// for the calling worker thread, with when it logged in. The expired and dead
+/// ones met on the way are closed; each outcome is counted for `backend`.
+pub fn checkout<K: Eq + Hash + Clone, C: Pooled>(
+    pool: &Pool<K, C>,
+    key: &K,
+    backend: &str,
+    metrics: &crate::metrics::Metrics,
+) -> Option<(C, Instant)> {
+    let found = loop {
+        let (taken, expired) = pool.take(key, Instant::now());
+        for e in expired {
+            metrics.pool_event(backend, "expired");
+            tokio::spawn(e.close(CLOSE_WAIT));
+        }
+        let Some(mut t) = taken else {
+            metrics.pool_event(backend, "new");
+            break None;
+        };
+        if is_quiet(t.conn.stream()) && settle(t.conn.stream(), t.home) {
+            metrics.pool_event(backend, "reused");
+            break Some((t.conn, t.born));
+        }
+        metrics.pool_event(backend, "dead");
+    };
+    metrics
+        .pool_idle
+        .with_label_values(&[backend])
+        .set(pool.idle() as i64);
+    found
+}
+
+/// Readies a session taken from the pool for the calling worker thread: one
+/// opened on another shard is moved to this one's poller
 /// ([`crate::stream::BackendStream::rehome`]). `false`: it could not be, close it.
-pub fn settle(stream: &mut crate::stream::BackendStream, home: Option<usize>) -> bool {
+fn settle(stream: &mut crate::stream::BackendStream, home: Option<usize>) -> bool {
     let here = crate::shards::current();
     here.is_none() || here == home || stream.rehome().is_ok()
 }

@@ -69,7 +69,12 @@ async fn backend_has(redis: &RedisServer, id: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_connection_is_reset_and_reused() {
     let redis = RedisServer::start();
-    let p = Proxy::start(&config(redis.port, "")).await;
+    let mut cfg = config(redis.port, "");
+    // Two worker threads, connections dealt round robin: the second client
+    // runs on the other thread and takes a connection opened on the first,
+    // which is moved to its own thread's poller.
+    cfg.users += "\n[runtime]\nworker_threads = 2\n";
+    let p = Proxy::start(&cfg).await;
     let mut a = logged_in(&p).await;
     let id = client_id(&mut a).await;
     for cmd in [

@@ -49,6 +49,16 @@ pub struct Idle {
     pub key: Option<(u32, Bytes)>,
 }
 
+impl crate::pool::Pooled for Idle {
+    fn stream(&mut self) -> &mut BackendStream {
+        &mut self.stream
+    }
+
+    fn close(self, limit: Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
+        close(self, limit)
+    }
+}
+
 /// The pools of every PostgreSQL backend.
 pub type Registry = crate::pool::Registry<Key, Idle>;
 /// One backend's pool.

@@ -140,9 +140,14 @@ async fn run(
     let backend = &ctx.listener.backend;
     let cred = identity.backend_credential(&backend.credential).clone();
     let pool = ctx.redis_pool.clone().filter(|p| p.config().enabled());
-    let pooled = pool
-        .as_ref()
-        .and_then(|p| checkout(ctx, p, &pool::Key::new(&cred)));
+    let pooled = pool.as_ref().and_then(|p| {
+        crate::pool::checkout(
+            p,
+            &pool::Key::new(&cred),
+            &ctx.listener.backend.name,
+            ctx.metrics.all(),
+        )
+    });
     let (connected, born) = match pooled {
         Some((idle, born)) => (
             backend::reuse(idle.stream, backend, &cred, &login).await,
@@ -230,45 +235,9 @@ async fn run(
         give_back(ctx, &pool, &cred, idle, born).await;
     } else {
         ctx.metrics.all().pool_event(&backend.name, "discarded");
-        pool::close(idle, POOL_CLOSE_WAIT).await;
+        pool::close(idle, crate::pool::CLOSE_WAIT).await;
     }
     result
-}
-
-/// How long closing a backend connection may take.
-const POOL_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The most recently used idle connection for `key` that is still open.
-fn checkout(
-    ctx: &Context,
-    pool: &pool::Pool,
-    key: &pool::Key,
-) -> Option<(pool::Idle, std::time::Instant)> {
-    let name = &ctx.listener.backend.name;
-    let metrics = ctx.metrics.all();
-    let found = loop {
-        let (taken, expired) = pool.take(key, std::time::Instant::now());
-        for e in expired {
-            metrics.pool_event(name, "expired");
-            tokio::spawn(pool::close(e, POOL_CLOSE_WAIT));
-        }
-        let Some(mut t) = taken else {
-            metrics.pool_event(name, "new");
-            break None;
-        };
-        if crate::pool::is_quiet(&mut t.conn.stream)
-            && crate::pool::settle(&mut t.conn.stream, t.home)
-        {
-            metrics.pool_event(name, "reused");
-            break Some((t.conn, t.born));
-        }
-        metrics.pool_event(name, "dead");
-    };
-    metrics
-        .pool_idle
-        .with_label_values(&[name])
-        .set(pool.idle() as i64);
-    found
 }
 
 /// Resets a connection the client left clean (RESET, then the proxy's AUTH)
@@ -284,13 +253,13 @@ async fn give_back(
     let metrics = ctx.metrics.all();
     if born.elapsed() >= pool.config().max_lifetime {
         metrics.pool_event(&backend.name, "expired");
-        pool::close(idle, POOL_CLOSE_WAIT).await;
+        pool::close(idle, crate::pool::CLOSE_WAIT).await;
         return;
     }
     if let Err(e) = pool::reset(&mut idle, cred, backend.connect_timeout).await {
         debug!(event = "pool_reset_failed", backend = %backend.name, error = ?e);
         metrics.pool_event(&backend.name, "reset_failed");
-        pool::close(idle, POOL_CLOSE_WAIT).await;
+        pool::close(idle, crate::pool::CLOSE_WAIT).await;
         return;
     }
     match pool.put(pool::Key::new(cred), idle, born, std::time::Instant::now()) {
@@ -298,12 +267,12 @@ async fn give_back(
             metrics.pool_event(&backend.name, "kept");
             for d in displaced {
                 metrics.pool_event(&backend.name, "evicted");
-                tokio::spawn(pool::close(d, POOL_CLOSE_WAIT));
+                tokio::spawn(pool::close(d, crate::pool::CLOSE_WAIT));
             }
         }
         crate::pool::Put::Refused(idle) => {
             metrics.pool_event(&backend.name, "full");
-            pool::close(idle, POOL_CLOSE_WAIT).await;
+            pool::close(idle, crate::pool::CLOSE_WAIT).await;
         }
     }
     metrics
