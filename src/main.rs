@@ -136,6 +136,9 @@ fn run(path: &std::path::Path, json_logs: bool) -> anyhow::Result<()> {
             if let Some(n) = config.worker_threads {
                 rt.worker_threads(n);
             }
+            if config.yield_before_sleep {
+                rt.on_thread_park(std::thread::yield_now);
+            }
         }
     }
     let rt = rt.enable_all().build().context("starting the runtime")?;

@@ -434,7 +434,7 @@ pub async fn start_from(
             let n = config.worker_threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             });
-            Some(Shards::start(n).map_err(StartError::Workers)?)
+            Some(Shards::start(n, config.yield_before_sleep).map_err(StartError::Workers)?)
         }
         Scheduler::WorkStealing => None,
     };

@@ -128,13 +128,25 @@ struct RawReload {
     removed_user_sessions: RemovedUserSessions,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRuntime {
     #[serde(default)]
     worker_threads: usize,
     #[serde(default)]
     scheduler: Scheduler,
+    #[serde(default = "yes")]
+    yield_before_sleep: bool,
+}
+
+impl Default for RawRuntime {
+    fn default() -> Self {
+        RawRuntime {
+            worker_threads: 0,
+            scheduler: Scheduler::default(),
+            yield_before_sleep: true,
+        }
+    }
 }
 
 /// How connections are spread over the worker threads (`runtime.scheduler`).
@@ -497,6 +509,9 @@ pub struct Config {
     pub worker_threads: Option<usize>,
     /// How connections are spread over those threads. Read at start only.
     pub scheduler: Scheduler,
+    /// Whether a worker thread with nothing to run first yields its CPU to
+    /// other runnable threads before it sleeps ([`crate::shards`]). Read at start only.
+    pub yield_before_sleep: bool,
     /// Process-wide limits.
     pub limits: Limits,
     /// Client-facing listeners.
@@ -805,6 +820,7 @@ impl Config {
                 n => Some(n),
             },
             scheduler: raw.runtime.scheduler,
+            yield_before_sleep: raw.runtime.yield_before_sleep,
             limits,
             listeners,
             backends: backend_list,
@@ -1203,6 +1219,14 @@ password = "Correct-Horse-Battery-Staple-0123456789"
         let e = parse("[runtime]\nworker_threads = 5000").expect_err("too many");
         assert_eq!(e.to_string(), "runtime.worker_threads: at most 1024");
         assert_eq!(parse("").expect("valid").scheduler, Scheduler::PerThread);
+        assert!(parse("").expect("valid").yield_before_sleep);
+        assert!(
+            parse("[runtime]\nworker_threads = 2")
+                .expect("valid")
+                .yield_before_sleep
+        );
+        let no_yield = parse("[runtime]\nyield_before_sleep = false").expect("valid");
+        assert!(!no_yield.yield_before_sleep);
         let stealing = parse("[runtime]\nscheduler = \"work_stealing\"").expect("valid");
         assert_eq!(stealing.scheduler, Scheduler::WorkStealing);
         assert!(parse("[runtime]\nscheduler = \"fastest\"").is_err());
