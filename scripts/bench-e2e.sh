@@ -18,6 +18,9 @@
 # expression: only targets whose name matches run, e.g. ONLY='portcullis|HAProxy'),
 # WORKER_THREADS (portcullis's runtime.worker_threads; 0, the default: one per CPU),
 # SCHEDULER (runtime.scheduler: per_thread, the default, or work_stealing),
+# YIELD (runtime.yield_before_sleep: true, the default, or false), BASELINE_YIELD
+# (the baseline is a build that knows runtime.yield_before_sleep: it runs with the
+# same [runtime] but this value, e.g. BASELINE_YIELD=false with the same binary),
 # PG=0 (skip PostgreSQL), T (seconds per pgbench run).
 #
 # Everything listens on 127.0.0.1 and stops when the script exits.
@@ -69,10 +72,12 @@ cat "$work/certs/server.crt" "$work/certs/server.key" >"$work/certs/haproxy.pem"
 PP=$(free_port); PT=$(free_port)
 WORKER_THREADS=${WORKER_THREADS:-0}
 SCHEDULER=${SCHEDULER:-per_thread}
+YIELD=${YIELD:-true}
 cat >"$work/portcullis.toml" <<EOF
 [runtime]
 worker_threads = $WORKER_THREADS
 scheduler = "$SCHEDULER"
+yield_before_sleep = $YIELD
 [admin]
 enabled = false
 [limits]
@@ -114,10 +119,14 @@ pids+=($portcullis_pid)
 baseline_pid=""; BP=""; BT=""
 if [[ -n "$baseline" ]]; then
     BP=$(free_port); BT=$(free_port)
-    # An older build may not know [runtime]: the baseline gets the thread count from tokio's variable.
+    if [[ -n "${BASELINE_YIELD:-}" ]]; then
+        runtime=(-e "s/^yield_before_sleep = .*/yield_before_sleep = $BASELINE_YIELD/")
+    else
+        # An older build may not know [runtime]: the baseline gets the thread count from tokio's variable.
+        runtime=(-e '/^\[runtime\]$/d' -e '/^worker_threads = /d' -e '/^scheduler = /d' -e '/^yield_before_sleep = /d')
+    fi
     sed -e "s/127.0.0.1:$PP\"/127.0.0.1:$BP\"/" -e "s/127.0.0.1:$PT\"/127.0.0.1:$BT\"/" \
-        -e '/^\[runtime\]$/d' -e '/^worker_threads = /d' -e '/^scheduler = /d' \
-        "$work/portcullis.toml" >"$work/baseline.toml"
+        "${runtime[@]}" "$work/portcullis.toml" >"$work/baseline.toml"
     threads=()
     [[ "$WORKER_THREADS" != 0 ]] && threads=(TOKIO_WORKER_THREADS="$WORKER_THREADS")
     env "${threads[@]}" BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$baseline" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
@@ -225,7 +234,7 @@ done
 
 machine="$(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d)"
 table=$(
-    echo "Machine: $machine. Command: \`N=$N WORKER_THREADS=$WORKER_THREADS SCHEDULER=$SCHEDULER scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients; rate limits on)."
+    echo "Machine: $machine. Command: \`N=$N WORKER_THREADS=$WORKER_THREADS SCHEDULER=$SCHEDULER YIELD=$YIELD${BASELINE_YIELD:+ BASELINE_YIELD=$BASELINE_YIELD} scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients; rate limits on)."
     echo
     echo "| target | pipeline | GET req/s | SET req/s | GET p50 ms | proxy CPU µs/request |"
     echo "| --- | --- | --- | --- | --- | --- |"
@@ -251,7 +260,7 @@ $write && replace_block bench-e2e "$table"
 
 if [[ "${PG:-1}" != 0 ]] && { command -v initdb >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }; then
     echo
-    pg_table=$(PORTCULLIS_BIN="$bin" PORTCULLIS_BASELINE_BIN="$baseline" WORKER_THREADS="$WORKER_THREADS" SCHEDULER="$SCHEDULER" scripts/bench-pg.sh)
+    pg_table=$(PORTCULLIS_BIN="$bin" PORTCULLIS_BASELINE_BIN="$baseline" WORKER_THREADS="$WORKER_THREADS" SCHEDULER="$SCHEDULER" YIELD="$YIELD" scripts/bench-pg.sh)
     echo "$pg_table"
     $write && replace_block bench-pg "$pg_table"
 fi

@@ -9,7 +9,8 @@
 # Environment: T, C (clients), PORTCULLIS_BIN (default target/release/portcullis,
 # built if missing), PORTCULLIS_BASELINE_BIN (a second build measured side by
 # side, e.g. the one before a change), WORKER_THREADS (portcullis's
-# runtime.worker_threads), SCHEDULER (runtime.scheduler).
+# runtime.worker_threads), SCHEDULER (runtime.scheduler), YIELD
+# (runtime.yield_before_sleep, default true), BASELINE_YIELD (as in bench-e2e.sh).
 # scripts/bench-e2e.sh runs this after its Redis part.
 #
 # Needs PostgreSQL server binaries (Debian: postgresql), pgbench; runs as root by
@@ -61,6 +62,7 @@ cat >"$work/portcullis.toml" <<EOF
 [runtime]
 worker_threads = ${WORKER_THREADS:-0}
 scheduler = "${SCHEDULER:-per_thread}"
+yield_before_sleep = ${YIELD:-true}
 [admin]
 enabled = false
 [limits]
@@ -96,8 +98,13 @@ wait_port "$PX" || { cat "$work/portcullis.log" >&2; exit 1; }
 baseline_pid=""; XB=""
 if [[ -n "${PORTCULLIS_BASELINE_BIN:-}" ]]; then
     XB=$(free_port)
-    # An older build may not know [runtime]: the baseline gets the thread count from tokio's variable.
-    sed -e "s/127.0.0.1:$PX\"/127.0.0.1:$XB\"/" -e '/^\[runtime\]$/d' -e '/^worker_threads = /d' -e '/^scheduler = /d' \
+    if [[ -n "${BASELINE_YIELD:-}" ]]; then
+        runtime=(-e "s/^yield_before_sleep = .*/yield_before_sleep = $BASELINE_YIELD/")
+    else
+        # An older build may not know [runtime]: the baseline gets the thread count from tokio's variable.
+        runtime=(-e '/^\[runtime\]$/d' -e '/^worker_threads = /d' -e '/^scheduler = /d' -e '/^yield_before_sleep = /d')
+    fi
+    sed -e "s/127.0.0.1:$PX\"/127.0.0.1:$XB\"/" "${runtime[@]}" \
         "$work/portcullis.toml" >"$work/baseline.toml"
     threads=()
     [[ "${WORKER_THREADS:-0}" != 0 ]] && threads=(TOKIO_WORKER_THREADS="$WORKER_THREADS")
@@ -161,7 +168,7 @@ for flags in "" -C; do
     [[ -n "$bouncer_pid" ]] && run "PgBouncer, session mode (TLS)" "$bouncer_pid" "$BP" require $flags
 done
 
-echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`T=$T scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients; portcullis worker_threads=${WORKER_THREADS:-0}, scheduler=${SCHEDULER:-per_thread})."
+echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`T=$T scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients; portcullis worker_threads=${WORKER_THREADS:-0}, scheduler=${SCHEDULER:-per_thread}, yield_before_sleep=${YIELD:-true}${BASELINE_YIELD:+, baseline yield_before_sleep=$BASELINE_YIELD})."
 echo
 echo "| target | extra pgbench flags | tps | proxy CPU µs/transaction |"
 echo "| --- | --- | --- | --- |"
