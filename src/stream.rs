@@ -206,6 +206,8 @@ impl BackendStream {
     /// old handle removes it from the other poller and closes only that
     /// descriptor, so the connection itself and the TLS state stay as they were.
     pub fn rehome(&mut self) -> io::Result<()> {
+        // Registering outside a runtime would panic.
+        tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
         let tcp = match self {
             BackendStream::Plain(tcp) => tcp,
             BackendStream::Tls(s) => s.get_mut().0,
@@ -317,6 +319,21 @@ mod tests {
         runtime().block_on(async {
             stream.rehome().expect("rehome");
             assert_eq!(ping(&mut stream, b"second").await, b"second");
+            stream.shutdown().await.expect("shutdown");
+        });
+        drop(stream);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn rehoming_outside_a_runtime_is_an_error_not_a_panic() {
+        let (addr, server) = echo_server(None);
+        let rt = runtime();
+        let mut stream =
+            BackendStream::Plain(rt.block_on(TcpStream::connect(addr)).expect("connect"));
+        assert!(stream.rehome().is_err());
+        rt.block_on(async {
+            assert_eq!(ping(&mut stream, b"still here").await, b"still here");
             stream.shutdown().await.expect("shutdown");
         });
         drop(stream);
