@@ -23,6 +23,12 @@
 # same [runtime] but this value, e.g. BASELINE_YIELD=false with the same binary),
 # PG=0 (skip PostgreSQL), T (seconds per pgbench run).
 #
+# Every server (redis-server, PostgreSQL, each proxy) runs in a session of its own
+# (setsid), as a service under systemd or a container does: with the kernel's
+# autogroup scheduling each session is a scheduling group, and one started from
+# this script's session would otherwise share one group with the load generator
+# and every other server. The load generator runs in the script's session.
+#
 # Everything listens on 127.0.0.1 and stops when the script exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,7 +67,7 @@ ONLY=${ONLY:-.}
 BACKEND_PW="Bench-Backend-Secret-0123456789-abcdefXYZ"
 USER_PW="bench-password"
 RP=$(free_port)
-redis-server --port "$RP" --bind 127.0.0.1 --requirepass "$BACKEND_PW" --save "" --appendonly no >/dev/null &
+setsid redis-server --port "$RP" --bind 127.0.0.1 --requirepass "$BACKEND_PW" --save "" --appendonly no >/dev/null &
 pids+=($!)
 wait_port "$RP"
 redis-cli -p "$RP" -a "$BACKEND_PW" --no-auth-warning set key:__rand_int__ x >/dev/null
@@ -111,7 +117,7 @@ key = "$work/certs/server.key"
 name = "bench"
 password = "\${BENCH_USER_PW}"
 EOF
-BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$bin" run --config "$work/portcullis.toml" 2>"$work/portcullis.log" &
+BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn setsid "$bin" run --config "$work/portcullis.toml" 2>"$work/portcullis.log" &
 portcullis_pid=$!
 pids+=($portcullis_pid)
 { wait_port "$PP" && wait_port "$PT"; } || { cat "$work/portcullis.log" >&2; exit 1; }
@@ -129,7 +135,7 @@ if [[ -n "$baseline" ]]; then
         "${runtime[@]}" "$work/portcullis.toml" >"$work/baseline.toml"
     threads=()
     [[ "$WORKER_THREADS" != 0 ]] && threads=(TOKIO_WORKER_THREADS="$WORKER_THREADS")
-    env "${threads[@]}" BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$baseline" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
+    setsid env "${threads[@]}" BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$baseline" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
     baseline_pid=$!
     pids+=($baseline_pid)
     { wait_port "$BP" && wait_port "$BT"; } || { cat "$work/baseline.log" >&2; exit 1; }
@@ -155,7 +161,7 @@ frontend tls
 backend redis
     server r1 127.0.0.1:$RP
 EOF
-    haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 &
+    setsid haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>&1 &
     haproxy_pid=$!
     pids+=($haproxy_pid)
     wait_port "$HP"; wait_port "$HT"
@@ -173,7 +179,7 @@ connect = 127.0.0.1:$RP
 cert = $work/certs/server.crt
 key = $work/certs/server.key
 EOF
-    stunnel "$work/stunnel.conf" >/dev/null 2>&1 &
+    setsid stunnel "$work/stunnel.conf" >/dev/null 2>&1 &
     stunnel_pid=$!
     pids+=($stunnel_pid)
     wait_port "$SP"
@@ -190,7 +196,7 @@ pool:
   servers:
     - 127.0.0.1:$RP:1
 EOF
-    nutcracker -c "$work/nutcracker.yml" >/dev/null 2>&1 &
+    setsid nutcracker -c "$work/nutcracker.yml" >/dev/null 2>&1 &
     twem_pid=$!
     pids+=($twem_pid)
     wait_port "$TP"

@@ -31,6 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# A server in a session of its own (see bench-e2e.sh).
+pg_daemon() { if [[ $(id -u) == 0 ]]; then setsid runuser -u postgres -- "$@"; else setsid "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; return 1; }
 
@@ -49,7 +51,7 @@ chmod 600 "$work/pgtls/server.key"
 mkdir -p "$work/data" && chown postgres "$work/data" 2>/dev/null || true
 echo "$PW" >"$work/pw" && chown postgres "$work/pw" 2>/dev/null || true
 as_pg "$bindir/initdb" -D "$work/data" -U bench --auth=scram-sha-256 --pwfile="$work/pw" >/dev/null
-as_pg "$bindir/postgres" -D "$work/data" -p "$PGP" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$work/data" \
+pg_daemon "$bindir/postgres" -D "$work/data" -p "$PGP" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$work/data" \
     -c max_connections=200 -c fsync=off -c ssl=on -c ssl_cert_file="$work/pgtls/server.crt" \
     -c ssl_key_file="$work/pgtls/server.key" >/dev/null 2>&1 &
 pids+=($!)
@@ -90,7 +92,7 @@ key = "$work/certs/server.key"
 name = "bench"
 password = "\${BENCH_PW}"
 EOF
-BENCH_PW=$PW RUST_LOG=warn env ${PORTCULLIS_ENV:-} "$bin" run --config "$work/portcullis.toml" 2>"$work/portcullis.log" &
+BENCH_PW=$PW RUST_LOG=warn setsid env ${PORTCULLIS_ENV:-} "$bin" run --config "$work/portcullis.toml" 2>"$work/portcullis.log" &
 portcullis_pid=$!
 pids+=($portcullis_pid)
 wait_port "$PX" || { cat "$work/portcullis.log" >&2; exit 1; }
@@ -108,7 +110,7 @@ if [[ -n "${PORTCULLIS_BASELINE_BIN:-}" ]]; then
         "$work/portcullis.toml" >"$work/baseline.toml"
     threads=()
     [[ "${WORKER_THREADS:-0}" != 0 ]] && threads=(TOKIO_WORKER_THREADS="$WORKER_THREADS")
-    env "${threads[@]}" BENCH_PW=$PW RUST_LOG=warn "$(realpath "$PORTCULLIS_BASELINE_BIN")" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
+    setsid env "${threads[@]}" BENCH_PW=$PW RUST_LOG=warn "$(realpath "$PORTCULLIS_BASELINE_BIN")" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
     baseline_pid=$!
     pids+=($baseline_pid)
     wait_port "$XB" || { cat "$work/baseline.log" >&2; exit 1; }
@@ -135,7 +137,7 @@ client_tls_cert_file = $work/certs/server.crt
 unix_socket_dir =
 EOF
     chown -R postgres "$work" 2>/dev/null || true
-    as_pg pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+    pg_daemon pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
     pids+=($!)
     wait_port "$BP"
     # The process to measure is pgbouncer itself, not the runuser wrapper.

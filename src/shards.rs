@@ -15,18 +15,18 @@
 //! shard's first ([`current`]); one from another shard still works, its events
 //! arriving by a cross-thread wakeup.
 //!
-//! A shard that runs out of tasks yields its CPU (`sched_yield`) before it
-//! waits in epoll (`runtime.yield_before_sleep`, on by default). A proxy shares
-//! its cores with what it proxies for: a sidecar with the application and
-//! Redis, a load test with the load generator. Each request sends a thread
-//! to sleep in epoll and an interrupt and a context switch wake it again;
-//! letting the peer run first means the next event has usually arrived by the
-//! time the shard looks, so it does not sleep at all. On the 2-core
-//! benchmark machine, shared with redis-server and redis-benchmark, this cut
-//! the CPU per relayed request by 20–27 % at pipeline 1 and by 13 % over TLS
-//! at pipeline 16, and raised throughput (BENCHMARKS.md).
-//! With a core to itself the call returns at once, at the price of one system
-//! call per wait.
+//! A busy shard that runs out of tasks yields its CPU (`sched_yield`) before
+//! it waits in epoll (`runtime.yield_before_sleep`, on by default). A proxy
+//! shares its cores with what it proxies for: a sidecar with the application
+//! and Redis, a load test with the load generator. Each wait that sleeps costs
+//! an interrupt and a context switch to end; letting the peer run first means
+//! the next event has usually arrived by the time the shard looks, so it does
+//! not sleep at all. "Busy" is a last wait shorter than [`BUSY_WAIT`]: an idle
+//! shard waits at once, where a yield would only add a system call per event.
+//! On the 2-core benchmark machine, shared with redis-server and
+//! redis-benchmark, this cut the CPU per relayed request by about a fifth at
+//! pipeline 1 and raised throughput; at 5,000 requests a second it changed
+//! nothing measurable (BENCHMARKS.md).
 //!
 //! The server stops the shards with [`Shards::stop`] once the sessions have
 //! ended or been closed and the pools are closed; they also stop when the last
@@ -38,6 +38,7 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -45,6 +46,32 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 thread_local! {
     /// The shard this thread runs, if it is one.
     static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+    /// When this thread last began to wait for events.
+    static WAITING_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Whether its last wait was short: it is busy, and its peers with it.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A wait for events shorter than this means the thread is busy. At 50 µs a
+/// shard relaying TLS at full load fell back to sleeping too often; at 100 µs
+/// one relaying 5,000 requests a second yields too rarely to cost anything.
+pub const BUSY_WAIT: Duration = Duration::from_micros(100);
+
+/// Runs before a worker thread waits for events: yields its CPU first while
+/// the thread is busy (see the module's docs). An idle thread waits at once:
+/// there the yield would only cost a system call per event.
+pub fn before_wait() {
+    if BUSY.get() {
+        std::thread::yield_now();
+    }
+    WAITING_SINCE.set(Some(Instant::now()));
+}
+
+/// Runs when a worker thread's wait for events ends.
+pub fn after_wait() {
+    if let Some(since) = WAITING_SINCE.take() {
+        BUSY.set(since.elapsed() < BUSY_WAIT);
+    }
 }
 
 /// The shard the calling thread runs (`None` off the shards): the backend
@@ -90,7 +117,7 @@ impl Shards {
                     if yield_before_sleep {
                         // Called each time the loop runs out of tasks, just
                         // before it waits in epoll (see the module's docs).
-                        rt.on_thread_park(std::thread::yield_now);
+                        rt.on_thread_park(before_wait).on_thread_unpark(after_wait);
                     }
                     let rt = rt.build();
                     let rt = match rt {
