@@ -70,8 +70,13 @@ pub fn before_wait() {
 /// Runs when a worker thread's wait for events ends.
 pub fn after_wait() {
     if let Some(since) = WAITING_SINCE.take() {
-        BUSY.set(since.elapsed() < BUSY_WAIT);
+        note_wait(since.elapsed());
     }
+}
+
+/// Records how long the thread's last wait for events lasted.
+fn note_wait(waited: Duration) {
+    BUSY.set(waited < BUSY_WAIT);
 }
 
 /// The shard the calling thread runs (`None` off the shards): the backend
@@ -278,5 +283,27 @@ mod tests {
             .await
             .expect("the shard stopped")
             .expect_err("the task was dropped, not completed");
+    }
+
+    #[test]
+    fn a_thread_yields_before_waiting_only_after_a_short_wait() {
+        std::thread::spawn(|| {
+            assert!(!BUSY.get(), "a new thread is idle");
+            note_wait(Duration::from_micros(5));
+            assert!(BUSY.get());
+            note_wait(BUSY_WAIT);
+            assert!(!BUSY.get());
+            note_wait(BUSY_WAIT - Duration::from_micros(1));
+            assert!(BUSY.get());
+            note_wait(Duration::from_millis(3));
+            assert!(!BUSY.get());
+            // The hooks themselves, as the runtime calls them.
+            before_wait();
+            assert!(WAITING_SINCE.get().is_some());
+            after_wait();
+            assert!(WAITING_SINCE.get().is_none());
+        })
+        .join()
+        .expect("thread");
     }
 }
