@@ -10,10 +10,11 @@
 //! threads are woken to look for work on almost every event (BENCHMARKS.md).
 //!
 //! What stays shared is shared as before (`Arc`s: config, users, limiters,
-//! metrics, backend pools). A pooled backend connection stays registered with
-//! the shard that opened it, so the pools hand a session one of its own
-//! shard's first ([`current`]); one from another shard still works, its events
-//! arriving by a cross-thread wakeup.
+//! metrics, backend pools). An idle pooled backend connection stays
+//! registered with the shard that last used it, so the pools hand a session
+//! one of its own shard's first ([`current`]); one from another shard is moved
+//! to the taking shard's poller ([`crate::pool::checkout`]), so that its events
+//! do not need a cross-thread wakeup either.
 //!
 //! A busy shard that runs out of tasks yields its CPU (`sched_yield`) before
 //! it waits in epoll (`runtime.yield_before_sleep`, on by default). A proxy
