@@ -327,6 +327,95 @@ impl Timer {
     }
 }
 
+thread_local! {
+    /// The number of the poll of a [`numbered`] future running on this thread; 0: none.
+    static POLL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The numbers this thread gives next: from the first up to the second.
+    static NUMBERS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Where the next block of poll numbers starts: numbers are unique across
+/// threads too, as a task may move between the threads of a work-stealing runtime.
+static NEXT_BLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Poll numbers a thread takes at once.
+const BLOCK: u64 = 1 << 20;
+
+fn next_poll_number() -> u64 {
+    let (mut next, mut end) = NUMBERS.get();
+    if next == end {
+        next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+        end = next + BLOCK;
+    }
+    NUMBERS.set((next + 1, end));
+    next
+}
+
+/// Runs `fut`, giving each of its polls a number no other poll has, which
+/// [`Parked`] reads while it runs. Wraps a session's relay loop: a poll of it
+/// is a poll of the task, so every wakeup of the task starts a new number.
+pub async fn numbered<F: Future>(fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        let _scope = PollScope(POLL.replace(next_poll_number()));
+        fut.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Restores the enclosing poll's number, also when the poll unwinds.
+struct PollScope(u64);
+
+impl Drop for PollScope {
+    fn drop(&mut self) {
+        POLL.set(self.0);
+    }
+}
+
+/// Which of a session's sockets already returned `Pending` for reading in the
+/// current poll of its task, so are not polled again in it: the first
+/// `Pending` registered the task's waker, and whatever the socket does next
+/// wakes the task, which polls it in a new poll. Each skipped poll would have
+/// taken the socket's waiter lock for nothing, two or three times per event.
+/// Outside a [`numbered`] future nothing is ever skipped.
+#[derive(Debug, Default)]
+pub struct Parked {
+    client: u64,
+    backend: u64,
+}
+
+/// One of a session's two sockets.
+#[derive(Debug, Clone, Copy)]
+pub enum Side {
+    /// The client's.
+    Client,
+    /// The backend's.
+    Backend,
+}
+
+impl Parked {
+    /// Whether reading `side` returned `Pending` earlier in this poll.
+    pub fn is_parked(&self, side: Side) -> bool {
+        let at = match side {
+            Side::Client => self.client,
+            Side::Backend => self.backend,
+        };
+        let now = POLL.get();
+        now != 0 && at == now
+    }
+
+    /// Notes what polling `side` for reading returned.
+    pub fn note<T>(&mut self, side: Side, read: &Poll<T>) {
+        if read.is_pending() {
+            let at = match side {
+                Side::Client => &mut self.client,
+                Side::Backend => &mut self.backend,
+            };
+            *at = POLL.get();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +476,76 @@ mod tests {
         assert!(Pin::new(&mut c)
             .poll(&mut Context::from_waker(&w2))
             .is_ready());
+    }
+
+    /// Polls `fut` once with a counting waker.
+    fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+        let waker = Waker::from(Arc::new(Count::default()));
+        Pin::new(fut).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn a_socket_is_parked_for_the_rest_of_the_poll_that_saw_it_pending() {
+        let mut parked = Parked::default();
+        // Outside a numbered future nothing is skipped.
+        parked.note(Side::Client, &Poll::<()>::Pending);
+        assert!(!parked.is_parked(Side::Client));
+
+        let mut step = 0;
+        let mut seen = Vec::new();
+        let mut fut = Box::pin(numbered(std::future::poll_fn(|_| {
+            step += 1;
+            match step {
+                1 => {
+                    assert!(!parked.is_parked(Side::Client));
+                    parked.note(Side::Client, &Poll::<()>::Pending);
+                    parked.note(Side::Backend, &Poll::Ready(()));
+                    seen.push((
+                        parked.is_parked(Side::Client),
+                        parked.is_parked(Side::Backend),
+                    ));
+                    Poll::Pending
+                }
+                _ => {
+                    // A new poll: both are polled again.
+                    seen.push((
+                        parked.is_parked(Side::Client),
+                        parked.is_parked(Side::Backend),
+                    ));
+                    Poll::Ready(())
+                }
+            }
+        })));
+        assert!(poll_once(&mut fut).is_pending());
+        assert!(poll_once(&mut fut).is_ready());
+        drop(fut);
+        assert_eq!(seen, [(true, false), (false, false)]);
+        assert!(!parked.is_parked(Side::Client), "not outside the poll");
+    }
+
+    #[test]
+    fn poll_numbers_are_unique_across_threads_and_restored_after_a_poll() {
+        let take = || {
+            (0..2 * BLOCK + 3)
+                .map(|_| next_poll_number())
+                .collect::<Vec<_>>()
+        };
+        let other = std::thread::spawn(take).join().expect("thread");
+        let mine = take();
+        let all: std::collections::HashSet<_> = other.iter().chain(&mine).collect();
+        assert_eq!(all.len(), other.len() + mine.len());
+        assert!(!all.contains(&0));
+
+        let outer = POLL.get();
+        let mut inner = 0;
+        let mut fut = Box::pin(numbered(std::future::poll_fn(|_| {
+            inner = POLL.get();
+            Poll::Ready(())
+        })));
+        assert!(poll_once(&mut fut).is_ready());
+        drop(fut);
+        assert_ne!(inner, 0);
+        assert_eq!(POLL.get(), outer);
     }
 
     #[test]

@@ -45,8 +45,8 @@ use crate::logging::escape;
 use crate::outbox::{Outbox, COPY_MAX};
 use crate::pool::Put;
 use crate::relay::{
-    poll_client_read, poll_due, poll_read_into, poll_write_both, Cancelled, Due, Reloads, Timer,
-    READ_CHUNK,
+    numbered, poll_client_read, poll_due, poll_read_into, poll_write_both, Cancelled, Due, Parked,
+    Reloads, Side, Timer, READ_CHUNK,
 };
 use crate::server::{Context, UsersEpoch};
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
@@ -302,12 +302,13 @@ async fn run(
         dropping: false,
         owed: VecDeque::new(),
         reloads: Reloads::new(&ctx.reloads),
+        parked: Parked::default(),
         close: Cancelled::new(&ctx.close),
         identity: identity.clone(),
         pooling: pooling.is_some(),
         unsynced: false,
     };
-    let result = relay.run().await;
+    let result = numbered(relay.run()).await;
     drop(registration);
     let reusable = result.is_ok() && relay.reusable();
     let Relay {
@@ -1003,6 +1004,8 @@ struct Relay<'a> {
     owed: VecDeque<Owed>,
     /// Reloads, to close the session if its user was removed (when so configured).
     reloads: Reloads,
+    /// The sockets already polled in vain in this wakeup.
+    parked: Parked,
     /// Shutdown: the client gets a FATAL, as from PostgreSQL.
     close: Cancelled,
     /// Who the session runs as.
@@ -1177,7 +1180,7 @@ impl Relay<'_> {
             && self.reads_paused_until.is_none()
             && self.to_backend.len < OUT_CAP
             && self.client_in.len() < READ_CHUNK * 4;
-        if read_client {
+        if read_client && !self.parked.is_parked(Side::Client) {
             let last_activity = self
                 .idle_check_at
                 .is_some()
@@ -1191,6 +1194,7 @@ impl Relay<'_> {
                 last_activity,
                 &self.ctx.metrics.bytes_in,
             );
+            self.parked.note(Side::Client, &read);
             match read {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
                 Poll::Ready(Ok(_)) => progress = true,
@@ -1199,8 +1203,10 @@ impl Relay<'_> {
             }
         }
         let read_backend = self.to_client.len < OUT_CAP && self.backend_in.len() < READ_CHUNK * 4;
-        if read_backend {
-            match poll_read_into(cx, &mut self.backend, &mut self.backend_in, usize::MAX) {
+        if read_backend && !self.parked.is_parked(Side::Backend) {
+            let read = poll_read_into(cx, &mut self.backend, &mut self.backend_in, usize::MAX);
+            self.parked.note(Side::Backend, &read);
+            match read {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::BackendClosed)),
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => {

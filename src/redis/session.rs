@@ -37,8 +37,8 @@ use crate::limits::Action;
 use crate::logging::escape;
 use crate::outbox::Outbox;
 use crate::relay::{
-    poll_client_read, poll_due, poll_read_into, poll_write_both, Cancelled, Due, Reloads, Timer,
-    READ_CHUNK,
+    numbered, poll_client_read, poll_due, poll_read_into, poll_write_both, Cancelled, Due, Parked,
+    Reloads, Side, Timer, READ_CHUNK,
 };
 use crate::server::Context;
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
@@ -211,6 +211,7 @@ async fn run(
         idle_timer: Timer::default(),
         pause_timer: Timer::default(),
         reloads: Reloads::new(&ctx.reloads),
+        parked: Parked::default(),
         last_command: None,
         allowed: 0,
         login: None,
@@ -826,6 +827,8 @@ struct Relay<'a> {
     pause_timer: Timer,
     /// Reloads, to close the session if its user was removed (when so configured).
     reloads: Reloads,
+    /// The sockets already polled in vain in this wakeup.
+    parked: Parked,
     /// The command table entry of the last command seen.
     last_command: Option<&'static super::commands::CommandSpec>,
     /// Commands allowed since the metric was last updated.
@@ -890,7 +893,7 @@ impl Relay<'_> {
     }
 
     async fn run(&mut self) -> Result<(), SessionError> {
-        let result = self.relay().await;
+        let result = numbered(self.relay()).await;
         if matches!(result, Err(SessionError::Backend(_))) {
             // The client may be owed an error reply (backend re-login refused): try to deliver it.
             let flush = async {
@@ -1005,7 +1008,7 @@ impl Relay<'_> {
             && self.slots.len() < self.ctx.limits.max_pipeline
             && self.to_backend.len < OUT_CAP
             && self.to_client.len < OUT_CAP;
-        if read_client {
+        if read_client && !self.parked.is_parked(Side::Client) {
             let last_activity = self
                 .idle_check_at
                 .is_some()
@@ -1019,6 +1022,7 @@ impl Relay<'_> {
                 last_activity,
                 &self.ctx.metrics.bytes_in,
             );
+            self.parked.note(Side::Client, &read);
             match read {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::ClientClosed)),
                 Poll::Ready(Ok(_)) => progress = true,
@@ -1028,8 +1032,10 @@ impl Relay<'_> {
         }
         let read_backend =
             self.backend_in.len() < REPLY_STREAM_AFTER + READ_CHUNK && self.to_client.len < OUT_CAP;
-        if read_backend {
-            match poll_read_into(cx, &mut self.backend, &mut self.backend_in, usize::MAX) {
+        if read_backend && !self.parked.is_parked(Side::Backend) {
+            let read = poll_read_into(cx, &mut self.backend, &mut self.backend_in, usize::MAX);
+            self.parked.note(Side::Backend, &read);
+            match read {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Event::BackendClosed)),
                 Poll::Ready(Ok(_)) => progress = true,
                 Poll::Ready(Err(e)) => {
