@@ -260,7 +260,7 @@ pub fn peek_whole(buf: &[u8]) -> Option<Peeked> {
         }
         let (len, start) = length_line(buf, at + 1)?;
         let end = start.checked_add(len)?;
-        if buf.get(end..end.checked_add(2)?)? != b"\r\n" {
+        if buf.get(end..)?.get(..2)? != b"\r\n" {
             return None;
         }
         match k {
@@ -310,20 +310,24 @@ pub fn is_login_name(name: &[u8]) -> bool {
 /// accepts it (at most 19 digits, no leading zero): the length and the
 /// position after the CRLF.
 pub(super) fn length_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
-    let mut v: usize = 0;
-    let mut i = from;
-    loop {
-        let &b = buf.get(i)?;
-        if b == b'\r' {
+    let line = buf.get(from..)?;
+    let mut v: u64 = 0;
+    let mut digits = 0;
+    // Twenty digits at most are looked at: nineteen cannot overflow, a twentieth is refused.
+    for &b in line.iter().take(20) {
+        if !b.is_ascii_digit() {
             break;
         }
-        if !b.is_ascii_digit() || i - from >= 19 || (i > from && v == 0) {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(usize::from(b - b'0'))?;
-        i += 1;
+        v = v.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        digits += 1;
     }
-    (i > from && buf.get(i + 1) == Some(&b'\n')).then_some((v, i + 2))
+    if digits == 0 || digits > 19 || (digits > 1 && line[0] == b'0') {
+        return None;
+    }
+    if line.get(digits..)?.get(..2)? != b"\r\n" {
+        return None;
+    }
+    Some((usize::try_from(v).ok()?, from + digits + 2))
 }
 
 /// Finds CRLF in `buf[from..]` within `max` bytes; `Err(())` when it is not there and cannot be.
@@ -822,6 +826,42 @@ mod tests {
             b"*1\r\n$04\r\nPING\r\n",
         ] {
             assert_eq!(count_whole(odd, 64), 0, "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn length_lines_as_parse_int_reads_them() {
+        type Case = (&'static [u8], Option<(usize, usize)>);
+        let cases: &[Case] = &[
+            (b"$0\r\n", Some((0, 4))),
+            (b"$7\r\n", Some((7, 4))),
+            (b"$42\r\n", Some((42, 5))),
+            (b"$100\r\n", Some((100, 6))),
+            (
+                b"$9999999999999999999\r\n",
+                Some((9_999_999_999_999_999_999, 22)),
+            ),
+            (b"$10000000000000000000\r\n", None),
+            (b"$00\r\n", None),
+            (b"$01\r\n", None),
+            (b"$-1\r\n", None),
+            (b"$\r\n", None),
+            (b"$1 \r\n", None),
+            (b"$1\r", None),
+            (b"$1\rx", None),
+            (b"$12", None),
+            (b"$", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(length_line(line, 1), *want, "{line:?}");
+            let int = line
+                .strip_prefix(b"$")
+                .and_then(|l| l.strip_suffix(b"\r\n"))
+                .and_then(parse_int)
+                .filter(|v| *v >= 0);
+            if want.is_none_or(|w| i64::try_from(w.0).is_ok()) {
+                assert_eq!(want.map(|w| w.0 as i64), int, "{line:?}");
+            }
         }
     }
 
