@@ -25,9 +25,11 @@
 //! not sleep at all. "Busy" is a last wait shorter than [`BUSY_WAIT`]: an idle
 //! shard waits at once, where a yield would only add a system call per event.
 //! On the 2-core benchmark machine, shared with redis-server and
-//! redis-benchmark, this cut the CPU per relayed request at pipeline 1 by a
-//! quarter in plain text and a tenth over TLS, and raised throughput; at 5,000
-//! requests a second it changed nothing measurable (BENCHMARKS.md).
+//! redis-benchmark, it raised throughput at pipeline 1 in every run; the CPU
+//! per relayed request fell by a quarter in plain text and a tenth over TLS in
+//! one session and rose by up to a tenth in another, as the host scheduled the
+//! cores differently. At 5,000 requests a second it changed nothing
+//! measurable (BENCHMARKS.md).
 //!
 //! The server stops the shards with [`Shards::stop`] once the sessions have
 //! ended or been closed and the pools are closed; they also stop when the last
