@@ -137,8 +137,7 @@ fn run(path: &std::path::Path, json_logs: bool) -> anyhow::Result<()> {
                 rt.worker_threads(n);
             }
             if config.yield_before_sleep {
-                rt.on_thread_park(portcullis::shards::before_wait)
-                    .on_thread_unpark(portcullis::shards::after_wait);
+                portcullis::shards::yield_before_sleep(&mut rt);
             }
         }
     }

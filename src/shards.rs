@@ -60,10 +60,16 @@ thread_local! {
 /// one relaying 5,000 requests a second yields too rarely to cost anything.
 pub const BUSY_WAIT: Duration = Duration::from_micros(100);
 
+/// Sets a runtime's worker threads to yield before they wait while busy (see
+/// the module's docs): `runtime.yield_before_sleep`.
+pub fn yield_before_sleep(rt: &mut tokio::runtime::Builder) -> &mut tokio::runtime::Builder {
+    rt.on_thread_park(before_wait).on_thread_unpark(after_wait)
+}
+
 /// Runs before a worker thread waits for events: yields its CPU first while
 /// the thread is busy (see the module's docs). An idle thread waits at once:
 /// there the yield would only cost a system call per event.
-pub fn before_wait() {
+fn before_wait() {
     if BUSY.get() {
         std::thread::yield_now();
     }
@@ -71,7 +77,7 @@ pub fn before_wait() {
 }
 
 /// Runs when a worker thread's wait for events ends.
-pub fn after_wait() {
+fn after_wait() {
     if let Some(since) = WAITING_SINCE.take() {
         note_wait(since.elapsed());
     }
@@ -125,7 +131,7 @@ impl Shards {
                     if yield_before_sleep {
                         // Called each time the loop runs out of tasks, just
                         // before it waits in epoll (see the module's docs).
-                        rt.on_thread_park(before_wait).on_thread_unpark(after_wait);
+                        self::yield_before_sleep(&mut rt);
                     }
                     let rt = rt.build();
                     let rt = match rt {

@@ -128,14 +128,12 @@ struct RawReload {
     removed_user_sessions: RemovedUserSessions,
 }
 
+/// A missing key takes its value from [`RawRuntime::default`], as a missing section does.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawRuntime {
-    #[serde(default)]
     worker_threads: usize,
-    #[serde(default)]
     scheduler: Scheduler,
-    #[serde(default = "yes")]
     yield_before_sleep: bool,
 }
 
