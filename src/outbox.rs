@@ -156,8 +156,8 @@ impl Outbox {
             }
         }
         if self.len == 0 {
-            // Rewind (no allocation: the buffer is not shared once emptied).
-            self.tail.clear();
+            // The next chunk is copied where this one was (see `relay::rewind`).
+            crate::relay::rewind(&mut self.tail);
             self.shrink();
         }
     }

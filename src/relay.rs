@@ -34,6 +34,7 @@ pub fn poll_read_into<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     cap: usize,
 ) -> Poll<io::Result<usize>> {
+    rewind(buf);
     if buf.capacity() - buf.len() < READ_CHUNK / 2 {
         // Usually no allocation: an emptied, unshared buffer is rewound in place.
         buf.reserve(READ_CHUNK);
@@ -42,6 +43,22 @@ pub fn poll_read_into<R: AsyncRead + Unpin>(
         std::pin::pin!(r.read_buf(buf)).poll(cx)
     } else {
         std::pin::pin!(r.take(cap as u64).read_buf(buf)).poll(cx)
+    }
+}
+
+/// Moves an emptied buffer's start back to the beginning of its memory, so
+/// the next read or copy lands on the bytes the last one used, which are still
+/// in the CPU's cache. Without it, each read lands after the previous one and
+/// a buffer walks through its whole capacity (16 KiB and more) before it
+/// starts over: with many connections, every read then touches cold memory,
+/// both for the kernel's copy and for the parse. No allocation, no copy (it is
+/// empty), and nothing while the memory is still shared with a `Bytes` split
+/// off it.
+pub fn rewind(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        // Asks for more than the handle holds: the only way to get that
+        // without allocating is to reclaim the space before its start.
+        let _ = buf.try_reclaim(buf.capacity() + 1);
     }
 }
 
@@ -421,6 +438,7 @@ mod tests {
     use super::*;
     use crate::auth::Users;
     use crate::config::RemovedUserSessions;
+    use bytes::Buf;
     use std::sync::atomic::AtomicUsize;
 
     /// A task waker that counts its wake-ups.
@@ -438,6 +456,38 @@ mod tests {
             users: Arc::new(Users::new(Vec::new())),
             removed,
         }
+    }
+
+    #[test]
+    fn an_emptied_buffer_starts_over_where_its_memory_starts() {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let start = buf.as_ptr();
+        buf.extend_from_slice(&[b'x'; 100]);
+        buf.advance(60);
+        rewind(&mut buf);
+        assert_eq!(buf.len(), 40, "a buffer holding bytes is left alone");
+        assert_ne!(buf.as_ptr(), start);
+        buf.advance(40);
+        rewind(&mut buf);
+        assert_eq!(buf.as_ptr(), start, "emptied: back to the start");
+        assert_eq!(buf.capacity(), READ_CHUNK, "with all of its memory");
+
+        // Memory still shared with a split-off part is not reused until it is free.
+        buf.extend_from_slice(&[b'y'; 100]);
+        let sent = buf.split_to(100).freeze();
+        rewind(&mut buf);
+        assert_ne!(buf.as_ptr(), start);
+        assert_eq!(&sent[..], &[b'y'; 100][..], "the shared bytes are intact");
+        drop(sent);
+        rewind(&mut buf);
+        assert_eq!(buf.as_ptr(), start, "once it is no longer shared");
+
+        // A buffer at the start already, or one with no memory, stays as it is.
+        rewind(&mut buf);
+        assert_eq!((buf.as_ptr(), buf.capacity()), (start, READ_CHUNK));
+        let mut none = BytesMut::new();
+        rewind(&mut none);
+        assert_eq!(none.capacity(), 0);
     }
 
     #[test]
