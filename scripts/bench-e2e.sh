@@ -18,9 +18,9 @@
 # expression: only targets whose name matches run, e.g. ONLY='portcullis|HAProxy'),
 # WORKER_THREADS (portcullis's runtime.worker_threads; 0, the default: one per CPU),
 # SCHEDULER (runtime.scheduler: per_thread, the default, or work_stealing),
-# YIELD (runtime.yield_before_sleep: true, the default, or false), BASELINE_YIELD
+# YIELD (runtime.yield_before_sleep: false, the default, or true), BASELINE_YIELD
 # (the baseline is a build that knows runtime.yield_before_sleep: it runs with the
-# same [runtime] but this value, e.g. BASELINE_YIELD=false with the same binary),
+# same [runtime] but this value, e.g. BASELINE_YIELD=true with the same binary),
 # PG=0 (skip PostgreSQL), T (seconds per pgbench run).
 #
 # Every server (redis-server, PostgreSQL, each proxy) runs in a session of its own
@@ -78,7 +78,7 @@ cat "$work/certs/server.crt" "$work/certs/server.key" >"$work/certs/haproxy.pem"
 PP=$(free_port); PT=$(free_port)
 WORKER_THREADS=${WORKER_THREADS:-0}
 SCHEDULER=${SCHEDULER:-per_thread}
-YIELD=${YIELD:-true}
+YIELD=${YIELD:-false}
 cat >"$work/portcullis.toml" <<EOF
 [runtime]
 worker_threads = $WORKER_THREADS

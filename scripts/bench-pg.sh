@@ -10,7 +10,7 @@
 # built if missing), PORTCULLIS_BASELINE_BIN (a second build measured side by
 # side, e.g. the one before a change), WORKER_THREADS (portcullis's
 # runtime.worker_threads), SCHEDULER (runtime.scheduler), YIELD
-# (runtime.yield_before_sleep, default true), BASELINE_YIELD (as in bench-e2e.sh).
+# (runtime.yield_before_sleep, default false), BASELINE_YIELD (as in bench-e2e.sh).
 # scripts/bench-e2e.sh runs this after its Redis part.
 #
 # Needs PostgreSQL server binaries (Debian: postgresql), pgbench; runs as root by
@@ -64,7 +64,7 @@ cat >"$work/portcullis.toml" <<EOF
 [runtime]
 worker_threads = ${WORKER_THREADS:-0}
 scheduler = "${SCHEDULER:-per_thread}"
-yield_before_sleep = ${YIELD:-true}
+yield_before_sleep = ${YIELD:-false}
 [admin]
 enabled = false
 [limits]
@@ -170,7 +170,7 @@ for flags in "" -C; do
     [[ -n "$bouncer_pid" ]] && run "PgBouncer, session mode (TLS)" "$bouncer_pid" "$BP" require $flags
 done
 
-echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`T=$T scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients; portcullis worker_threads=${WORKER_THREADS:-0}, scheduler=${SCHEDULER:-per_thread}, yield_before_sleep=${YIELD:-true}${BASELINE_YIELD:+, baseline yield_before_sleep=$BASELINE_YIELD})."
+echo "Machine: $(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d). Command: \`T=$T scripts/bench-pg.sh\` (pgbench -S, T=$T s, $C clients; portcullis worker_threads=${WORKER_THREADS:-0}, scheduler=${SCHEDULER:-per_thread}, yield_before_sleep=${YIELD:-false}${BASELINE_YIELD:+, baseline yield_before_sleep=$BASELINE_YIELD})."
 echo
 echo "| target | extra pgbench flags | tps | proxy CPU µs/transaction |"
 echo "| --- | --- | --- | --- |"

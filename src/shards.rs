@@ -16,20 +16,20 @@
 //! to the taking shard's poller ([`crate::pool::checkout`]), so that its events
 //! do not need a cross-thread wakeup either.
 //!
-//! A busy shard that runs out of tasks yields its CPU (`sched_yield`) before
-//! it waits in epoll (`runtime.yield_before_sleep`, on by default). A proxy
-//! shares its cores with what it proxies for: a sidecar with the application
-//! and Redis, a load test with the load generator. Each wait that sleeps costs
-//! an interrupt and a context switch to end; letting the peer run first means
-//! the next event has usually arrived by the time the shard looks, so it does
-//! not sleep at all. "Busy" is a last wait shorter than [`BUSY_WAIT`]: an idle
-//! shard waits at once, where a yield would only add a system call per event.
-//! On the 2-core benchmark machine, shared with redis-server and
-//! redis-benchmark, it raised throughput at pipeline 1 in every run; the CPU
-//! per relayed request fell by a quarter in plain text and a tenth over TLS in
-//! one session and rose by up to a tenth in another, as the host scheduled the
-//! cores differently. At 5,000 requests a second it changed nothing
-//! measurable (BENCHMARKS.md).
+//! A busy shard that runs out of tasks can yield its CPU (`sched_yield`)
+//! before it waits in epoll (`runtime.yield_before_sleep`, off by default). A
+//! proxy shares its cores with what it proxies for: a sidecar with the
+//! application and Redis, a load test with the load generator. Each wait that
+//! sleeps costs an interrupt and a context switch to end; letting the peer run
+//! first means the next event has often arrived by the time the shard looks,
+//! so it does not sleep at all. "Busy" is a last wait shorter than
+//! [`BUSY_WAIT`]: an idle shard waits at once, where a yield would only add a
+//! system call per event. On the 2-core benchmark machine, shared with
+//! redis-server and redis-benchmark, the CPU per relayed request at pipeline 1
+//! fell by a quarter in plain text in one session, and rose by up to a tenth
+//! in two others, as the host scheduled the cores differently; every yield
+//! also counts as a context switch. Since the gain depends on the host, it is
+//! off unless asked for (BENCHMARKS.md).
 //!
 //! The server stops the shards with [`Shards::stop`] once the sessions have
 //! ended or been closed and the pools are closed; they also stop when the last

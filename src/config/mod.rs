@@ -128,23 +128,14 @@ struct RawReload {
     removed_user_sessions: RemovedUserSessions,
 }
 
-/// A missing key takes its value from [`RawRuntime::default`], as a missing section does.
-#[derive(Debug, Deserialize)]
+/// A missing key takes its default, as a missing section does: 0 worker
+/// threads (one per CPU), the per-thread scheduler, no yield before sleeping.
+#[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawRuntime {
     worker_threads: usize,
     scheduler: Scheduler,
     yield_before_sleep: bool,
-}
-
-impl Default for RawRuntime {
-    fn default() -> Self {
-        RawRuntime {
-            worker_threads: 0,
-            scheduler: Scheduler::default(),
-            yield_before_sleep: true,
-        }
-    }
 }
 
 /// How connections are spread over the worker threads (`runtime.scheduler`).
@@ -1217,14 +1208,18 @@ password = "Correct-Horse-Battery-Staple-0123456789"
         let e = parse("[runtime]\nworker_threads = 5000").expect_err("too many");
         assert_eq!(e.to_string(), "runtime.worker_threads: at most 1024");
         assert_eq!(parse("").expect("valid").scheduler, Scheduler::PerThread);
-        assert!(parse("").expect("valid").yield_before_sleep);
         assert!(
-            parse("[runtime]\nworker_threads = 2")
-                .expect("valid")
-                .yield_before_sleep
+            !parse("").expect("valid").yield_before_sleep,
+            "off by default"
         );
-        let no_yield = parse("[runtime]\nyield_before_sleep = false").expect("valid");
-        assert!(!no_yield.yield_before_sleep);
+        assert!(
+            !parse("[runtime]\nworker_threads = 2")
+                .expect("valid")
+                .yield_before_sleep,
+            "a section without the key takes the default too"
+        );
+        let with_yield = parse("[runtime]\nyield_before_sleep = true").expect("valid");
+        assert!(with_yield.yield_before_sleep);
         let stealing = parse("[runtime]\nscheduler = \"work_stealing\"").expect("valid");
         assert_eq!(stealing.scheduler, Scheduler::WorkStealing);
         assert!(parse("[runtime]\nscheduler = \"fastest\"").is_err());
