@@ -5,10 +5,11 @@
 //! the cancellation token) on every poll. These are built once, and polling
 //! them between events takes no lock.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -60,6 +61,19 @@ pub fn rewind(buf: &mut BytesMut) {
         // without allocating is to reclaim the space before its start.
         let _ = buf.try_reclaim(buf.capacity() + 1);
     }
+}
+
+/// Takes the front of a queue (a session's replies owed, in request order).
+/// An emptied queue starts over at the start of its memory, as [`rewind`]
+/// does for buffers: a ring that kept going round would reach a new cache
+/// line every other request.
+pub fn pop_front_rewound<T>(q: &mut VecDeque<T>) -> Option<T> {
+    let front = q.pop_front();
+    if q.is_empty() {
+        // Resets the ring's head (nothing to drop).
+        q.clear();
+    }
+    front
 }
 
 /// Reads what the client has sent into `buf`, paced by its byte rate: at most
@@ -178,6 +192,7 @@ impl Wake for Flag {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
+        RARE_WAKES.fetch_add(1, Ordering::AcqRel);
         let task = self
             .task
             .lock()
@@ -189,16 +204,24 @@ impl Wake for Flag {
     }
 }
 
+/// Wake-ups of every [`Flag`] so far, process-wide. Nothing writes it
+/// between rare events, so every core keeps it in its cache, where each
+/// session's own flag is a cache line of its own, cold by the next wake-up.
+static RARE_WAKES: AtomicU64 = AtomicU64::new(0);
+
 /// Polls a future that rarely resolves from a session polled a few times per
 /// request. The future is polled with a waker of its own, so its registration
 /// (under the source's lock: the cancellation token's, the watch channel's)
-/// stands for good, and it is polled again only after that waker fired:
-/// otherwise a poll is an atomic swap and a waker comparison.
+/// stands for good, and it is polled again only after that waker fired.
+/// Otherwise a poll compares a waker and reads [`RARE_WAKES`]; only after
+/// some flag, anywhere, was woken does it look at its own.
 struct RarePoll {
     flag: Arc<Flag>,
     waker: Waker,
     /// The task waker `flag` passes wake-ups to.
     task: Option<Waker>,
+    /// `RARE_WAKES` when this last looked at its flag; `None`: look next time.
+    seen: Option<u64>,
 }
 
 impl RarePoll {
@@ -212,6 +235,7 @@ impl RarePoll {
             waker: Waker::from(flag.clone()),
             flag,
             task: None,
+            seen: None,
         }
     }
 
@@ -229,6 +253,13 @@ impl RarePoll {
                 .unwrap_or_else(PoisonError::into_inner) = Some(w.clone());
             self.task = Some(w);
         }
+        // A flag is set before the count moves, and the count before the
+        // task is woken: a poll after the wake-up sees both.
+        let wakes = RARE_WAKES.load(Ordering::Acquire);
+        if self.seen == Some(wakes) {
+            return Poll::Pending;
+        }
+        self.seen = Some(wakes);
         // A load first: the read-modify-write only once woken.
         if !self.flag.woken.load(Ordering::Acquire)
             || !self.flag.woken.swap(false, Ordering::AcqRel)
@@ -239,8 +270,9 @@ impl RarePoll {
     }
 
     /// The next poll polls (a new future).
-    fn rearm(&self) {
+    fn rearm(&mut self) {
         self.flag.woken.store(true, Ordering::Release);
+        self.seen = None;
     }
 }
 
@@ -488,6 +520,27 @@ mod tests {
         let mut none = BytesMut::new();
         rewind(&mut none);
         assert_eq!(none.capacity(), 0);
+    }
+
+    #[test]
+    fn an_emptied_queue_starts_over_at_its_front() {
+        let mut q: VecDeque<u64> = VecDeque::with_capacity(8);
+        q.push_back(1);
+        let start = q.as_slices().0.as_ptr();
+        for i in 2..6 {
+            q.push_back(i);
+            assert_eq!(pop_front_rewound(&mut q), Some(i - 1));
+        }
+        assert_eq!(q.len(), 1, "a queue holding items keeps its place");
+        assert_ne!(q.as_slices().0.as_ptr(), start);
+        assert_eq!(pop_front_rewound(&mut q), Some(5));
+        assert_eq!(pop_front_rewound(&mut q), None);
+        q.push_back(9);
+        assert_eq!(
+            q.as_slices().0.as_ptr(),
+            start,
+            "emptied: back to the front"
+        );
     }
 
     #[test]

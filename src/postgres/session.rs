@@ -45,8 +45,8 @@ use crate::logging::escape;
 use crate::outbox::{Outbox, COPY_MAX};
 use crate::pool::Put;
 use crate::relay::{
-    numbered, poll_client_read, poll_due, poll_read_into, poll_write_both, Cancelled, Due, Parked,
-    Reloads, Side, Timer, READ_CHUNK,
+    numbered, poll_client_read, poll_due, poll_read_into, poll_write_both, pop_front_rewound,
+    Cancelled, Due, Parked, Reloads, Side, Timer, READ_CHUNK,
 };
 use crate::server::{Context, UsersEpoch};
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
@@ -1370,7 +1370,7 @@ impl Relay<'_> {
             if self.ready_seen < *mark {
                 break;
             }
-            self.owed.pop_front();
+            pop_front_rewound(&mut self.owed);
             self.to_client.push(rate_limited_error());
             self.to_client.push_slice(&[b'Z', 0, 0, 0, 5, self.status]);
         }
@@ -1395,7 +1395,7 @@ impl Relay<'_> {
             if ready {
                 if let Some(Owed::BeforeReady(mark)) = self.owed.front() {
                     if *mark == self.ready_seen {
-                        self.owed.pop_front();
+                        pop_front_rewound(&mut self.owed);
                         self.relay_run(&mut run);
                         self.to_client.push(rate_limited_error());
                     }

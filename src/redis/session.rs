@@ -37,8 +37,8 @@ use crate::limits::Action;
 use crate::logging::escape;
 use crate::outbox::Outbox;
 use crate::relay::{
-    numbered, poll_client_read, poll_due, poll_read_into, poll_write_both, Cancelled, Due, Parked,
-    Reloads, Side, Timer, READ_CHUNK,
+    numbered, poll_client_read, poll_due, poll_read_into, poll_write_both, pop_front_rewound,
+    Cancelled, Due, Parked, Reloads, Side, Timer, READ_CHUNK,
 };
 use crate::server::Context;
 use crate::stream::{BackendStream, ClientStream, ClientTcp};
@@ -1110,7 +1110,7 @@ impl Relay<'_> {
     /// Writes the replies the proxy owes that are now at the front.
     fn drain_locals(&mut self) {
         while let Some(Slot::Local(_) | Slot::Close) = self.slots.front() {
-            match self.slots.pop_front() {
+            match pop_front_rewound(&mut self.slots) {
                 Some(Slot::Local(b)) => self.to_client.push(b),
                 Some(Slot::Close) => self.closing = true,
                 _ => {}
@@ -1718,7 +1718,7 @@ impl Relay<'_> {
     /// The head request's reply, `len` bytes after the run, has nothing to
     /// track: it joins the run, and the replies the proxy owes after it follow.
     fn pass_reply(&mut self, run: &mut usize, len: usize) {
-        self.slots.pop_front();
+        pop_front_rewound(&mut self.slots);
         *run += len;
         if matches!(self.slots.front(), Some(Slot::Local(_) | Slot::Close)) {
             self.queue_replies(run);
@@ -1814,7 +1814,7 @@ impl Relay<'_> {
             }
         };
         if done {
-            self.slots.pop_front();
+            pop_front_rewound(&mut self.slots);
         }
         self.drain_locals();
         Ok(())
