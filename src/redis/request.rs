@@ -311,6 +311,15 @@ pub fn is_login_name(name: &[u8]) -> bool {
 /// position after the CRLF.
 pub(super) fn length_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     let line = buf.get(from..)?;
+    // Counts and lengths under 100 first: most of what clients send.
+    let digit = |d: u8| usize::from(d - b'0');
+    match *line {
+        [d, b'\r', b'\n', ..] if d.is_ascii_digit() => return Some((digit(d), from + 3)),
+        [d1 @ b'1'..=b'9', d2, b'\r', b'\n', ..] if d2.is_ascii_digit() => {
+            return Some((digit(d1) * 10 + digit(d2), from + 4));
+        }
+        _ => {}
+    }
     let mut v: u64 = 0;
     let mut digits = 0;
     // Twenty digits at most are looked at: nineteen cannot overflow, a twentieth is refused.
