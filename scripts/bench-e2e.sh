@@ -21,7 +21,9 @@
 # YIELD (runtime.yield_before_sleep: false, the default, or true), BASELINE_YIELD
 # (the baseline is a build that knows runtime.yield_before_sleep: it runs with the
 # same [runtime] but this value, e.g. BASELINE_YIELD=true with the same binary),
-# PG=0 (skip PostgreSQL), T (seconds per pgbench run).
+# ROUNDS (default 1: each target is run this many times, the whole list in turn,
+# and the table gives each figure's median), PG=0 (skip PostgreSQL), T (seconds
+# per pgbench run).
 #
 # Every server (redis-server, PostgreSQL, each proxy) runs in a session of its own
 # (setsid), as a service under systemd or a container does: with the kernel's
@@ -34,6 +36,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-200000}          # requests per test (GET and SET each)
+ROUNDS=${ROUNDS:-1}
 CLIENTS=${CLIENTS:-50}
 write=false
 [[ "${1:-}" == "--write" ]] && write=true
@@ -205,8 +208,7 @@ fi
 ticks=$(getconf CLK_TCK)
 cpu() { [[ -n "$1" ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 
-# run NAME PID PORT PIPELINE redis-benchmark-args...
-rows=()
+# run NAME PID PORT PIPELINE redis-benchmark-args...: one line of results.tsv
 run() {
     local name=$1 pid=$2 port=$3 pipeline=$4; shift 4
     local before after out get set us
@@ -226,13 +228,37 @@ run() {
     else
         us="—"
     fi
-    rows+=("| $name | $pipeline | ${get:-?} | ${set:-?} | ${p50get:-?} | $us |")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$pipeline" "${get:-?}" "${set:-?}" "${p50get:-?}" "$us" >>"$work/results.tsv"
+}
+
+# One table row per target and pipeline, in the order first run: the median of
+# each column over the rounds (a figure that is missing in a round is left out).
+median_rows() {
+    python3 - "$work/results.tsv" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, pipeline, *figures = line.rstrip("\n").split("\t")
+    rows.setdefault((name, pipeline), []).append(figures)
+def median(values):
+    nums = sorted(float(v) for v in values if v not in ("?", "—"))
+    if not nums:
+        return values[0]
+    mid = len(nums) // 2
+    m = nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
+    decimals = len(values[0].split(".")[1]) if "." in values[0] else 0
+    return f"{m:.{decimals}f}"
+for (name, pipeline), runs in rows.items():
+    cols = [median([r[i] for r in runs]) for i in range(4)]
+    print(f"| {name} | {pipeline} | " + " | ".join(cols) + " |")
+PY
 }
 
 # redis-benchmark uses one key: written once here, every target's GETs find
 # the same value (the first target's would otherwise all miss).
 redis-benchmark -h 127.0.0.1 -p "$RP" -a "$BACKEND_PW" -n 1000 -t set -q >/dev/null 2>&1
 
+for round in $(seq "$ROUNDS"); do
 for p in $PIPELINES; do
     run "redis-server direct" "" "$RP" "$p" -a "$BACKEND_PW"
     run "portcullis, plain (AUTH, policy)" "$portcullis_pid" "$PP" "$p" --user bench -a "$USER_PW"
@@ -244,14 +270,19 @@ for p in $PIPELINES; do
     [[ -n "$stunnel_pid" ]] && run "stunnel (TLS)" "$stunnel_pid" "$SP" "$p" --tls --cacert "$work/certs/ca.crt" -a "$BACKEND_PW"
     [[ -n "$twem_pid" ]] && run "twemproxy" "$twem_pid" "$TP" "$p" -a "$BACKEND_PW"
 done
+done
 
+rounds_note=""
+if ((ROUNDS > 1)); then
+    rounds_note="; each figure the median of $ROUNDS rounds, every target run once in each, in turn"
+fi
 machine="$(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -sr), $(date -u +%Y-%m-%d)"
 table=$(
-    echo "Machine: $machine. Command: \`N=$N WORKER_THREADS=$WORKER_THREADS SCHEDULER=$SCHEDULER YIELD=$YIELD${BASELINE_YIELD:+ BASELINE_YIELD=$BASELINE_YIELD} scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients; rate limits on)."
+    echo "Machine: $machine. Command: \`N=$N ROUNDS=$ROUNDS WORKER_THREADS=$WORKER_THREADS SCHEDULER=$SCHEDULER YIELD=$YIELD${BASELINE_YIELD:+ BASELINE_YIELD=$BASELINE_YIELD} scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients; rate limits on)$rounds_note."
     echo
     echo "| target | pipeline | GET req/s | SET req/s | GET p50 ms | proxy CPU µs/request |"
     echo "| --- | --- | --- | --- | --- | --- |"
-    printf '%s\n' "${rows[@]}"
+    median_rows
 )
 echo "$table"
 replace_block() {
