@@ -20,7 +20,8 @@
 # SCHEDULER (runtime.scheduler: per_thread, the default, or work_stealing),
 # YIELD (runtime.yield_before_sleep: false, the default, or true), BASELINE_YIELD
 # (the baseline is a build that knows runtime.yield_before_sleep: it runs with the
-# same [runtime] but this value, e.g. BASELINE_YIELD=true with the same binary),
+# same [runtime] but this value, e.g. BASELINE_YIELD=true with the same binary;
+# unset, the baseline gets no [runtime] section and runs with its own defaults),
 # ROUNDS (default 1: each target is run this many times, the whole list in turn,
 # and the table gives each figure's median), PG=0 (skip PostgreSQL), T (seconds
 # per pgbench run).

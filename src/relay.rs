@@ -37,7 +37,8 @@ pub fn poll_read_into<R: AsyncRead + Unpin>(
 ) -> Poll<io::Result<usize>> {
     rewind(buf);
     if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-        // Usually no allocation: an emptied, unshared buffer is rewound in place.
+        // Allocates (or moves the bytes held back to the start) only when
+        // they leave less than half a chunk: an empty buffer was rewound above.
         buf.reserve(READ_CHUNK);
     }
     if cap == usize::MAX {
