@@ -6,7 +6,8 @@
 # and SET, pipeline 1 and 16. Then PostgreSQL, where its binaries are installed:
 # scripts/bench-pg.sh (pgbench -S and -C: direct, portcullis, PgBouncer).
 # For each proxy it reads the process's CPU time from /proc before and after the
-# run and reports CPU microseconds per request.
+# run and reports CPU microseconds per request, and the part of it spent in user
+# space (the rest is the kernel's: system calls, TCP on loopback, wake-ups).
 #
 #   scripts/bench-e2e.sh                # prints a markdown table
 #   scripts/bench-e2e.sh --write        # also replaces the table in BENCHMARKS.md
@@ -207,12 +208,13 @@ EOF
 fi
 
 ticks=$(getconf CLK_TCK)
-cpu() { [[ -n "$1" ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+# A process's CPU time in clock ticks: "user system".
+cpu() { [[ -n "$1" ]] && awk '{print $14, $15}' "/proc/$1/stat" || echo "0 0"; }
 
 # run NAME PID PORT PIPELINE redis-benchmark-args...: one line of results.tsv
 run() {
     local name=$1 pid=$2 port=$3 pipeline=$4; shift 4
-    local before after out get set us
+    local before after out get set us user
     [[ "$name" =~ $ONLY ]] || return 0
     # Unmeasured warm-up: the first target run is not the one that pays for a
     # cold start (caches, the host waking the cores).
@@ -225,11 +227,13 @@ run() {
     local p50get
     p50get=$(echo "$out" | awk -F'","' '/^"GET/ {print $5}')
     if [[ -n "$pid" ]]; then
-        us=$(awk -v t="$((after - before))" -v hz="$ticks" -v n="$((2 * N))" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
+        read -r us user < <(awk -v b="$before" -v a="$after" -v hz="$ticks" -v n="$((2 * N))" 'BEGIN {
+            split(b, x, " "); split(a, y, " "); k = 1e6 / hz / n
+            printf "%.2f %.2f\n", (y[1] + y[2] - x[1] - x[2]) * k, (y[1] - x[1]) * k }')
     else
-        us="—"
+        us="—"; user="—"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$pipeline" "${get:-?}" "${set:-?}" "${p50get:-?}" "$us" >>"$work/results.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$pipeline" "${get:-?}" "${set:-?}" "${p50get:-?}" "$us" "$user" >>"$work/results.tsv"
 }
 
 # One table row per target and pipeline, in the order first run: the median of
@@ -250,7 +254,7 @@ def median(values):
     decimals = len(values[0].split(".")[1]) if "." in values[0] else 0
     return f"{m:.{decimals}f}"
 for (name, pipeline), runs in rows.items():
-    cols = [median([r[i] for r in runs]) for i in range(4)]
+    cols = [median([r[i] for r in runs]) for i in range(5)]
     print(f"| {name} | {pipeline} | " + " | ".join(cols) + " |")
 PY
 }
@@ -281,8 +285,8 @@ machine="$(nproc) vCPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xa
 table=$(
     echo "Machine: $machine. Command: \`N=$N ROUNDS=$ROUNDS WORKER_THREADS=$WORKER_THREADS SCHEDULER=$SCHEDULER YIELD=$YIELD${BASELINE_YIELD:+ BASELINE_YIELD=$BASELINE_YIELD} scripts/bench-e2e.sh\` (N=$N requests per test, $CLIENTS clients; rate limits on)$rounds_note."
     echo
-    echo "| target | pipeline | GET req/s | SET req/s | GET p50 ms | proxy CPU µs/request |"
-    echo "| --- | --- | --- | --- | --- | --- |"
+    echo "| target | pipeline | GET req/s | SET req/s | GET p50 ms | proxy CPU µs/request | of which user space |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
     median_rows
 )
 echo "$table"
