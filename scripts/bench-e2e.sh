@@ -238,6 +238,7 @@ run() {
 
 # One table row per target and pipeline, in the order first run: the median of
 # each column over the rounds (a figure that is missing in a round is left out).
+# Then, where portcullis and HAProxy both ran, issue 6's ratios from those medians.
 median_rows() {
     python3 - "$work/results.tsv" <<'PY'
 import sys
@@ -253,9 +254,31 @@ def median(values):
     m = nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
     decimals = len(values[0].split(".")[1]) if "." in values[0] else 0
     return f"{m:.{decimals}f}"
+medians = {}
 for (name, pipeline), runs in rows.items():
     cols = [median([r[i] for r in runs]) for i in range(5)]
+    medians[(name, pipeline)] = cols
     print(f"| {name} | {pipeline} | " + " | ".join(cols) + " |")
+# Issue 6's targets, from the same medians: portcullis against HAProxy, at most
+# `limit` times its CPU per request and at least its GET throughput.
+pairs = [("plain", "portcullis, plain (AUTH, policy)", "HAProxy, TCP mode", 1.0),
+         ("TLS", "portcullis, TLS (AUTH, policy)", "HAProxy, TLS termination", 0.8)]
+lines = []
+for pipeline in dict.fromkeys(p for _, p in medians):
+    for label, ours, peer, limit in pairs:
+        a, b = medians.get((ours, pipeline)), medians.get((peer, pipeline))
+        try:
+            cpu = float(a[3]) / float(b[3])
+            get = float(a[0]) / float(b[0])
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+        verdict = "met" if cpu <= limit and get >= 1 else "not met"
+        lines.append(f"| {label} | {pipeline} | {cpu:.2f}× (≤ {limit}×) | {get * 100:.0f} % (≥ 100 %) | {verdict} |")
+if lines:
+    print()
+    print("| against HAProxy | pipeline | CPU per request | GET throughput | target |")
+    print("| --- | --- | --- | --- | --- |")
+    print("\n".join(lines))
 PY
 }
 
