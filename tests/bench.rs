@@ -38,6 +38,8 @@ async fn redis_through_the_proxy_compared_with_direct() {
             "BENCH_BACKEND_PW",
         ])
         .args(["--rounds", "2", "--json"])
+        // The proxy runs in this process: the harness watches its CPU time.
+        .args(["--cpu-pid", &std::process::id().to_string()])
         .env("BENCH_PW", "alice-pw")
         .env("BENCH_BACKEND_PW", BACKEND_PASSWORD);
     let j = tokio::task::spawn_blocking(move || json(&mut cmd))
@@ -54,6 +56,15 @@ async fn redis_through_the_proxy_compared_with_direct() {
         assert!(lat["p99"].as_u64() <= lat["max"].as_u64(), "{lat}");
     }
     assert!(j["comparison"]["throughput_ratio"].as_f64().expect("ratio") > 0.0);
+    // A's CPU, per request relayed; B (redis-server direct) was not watched.
+    let cpu = &j["results"][0]["cpu_us_per_unit"];
+    assert!(
+        cpu["total"].as_f64().expect("cpu per request") > 0.0,
+        "{cpu}"
+    );
+    assert!(cpu["user"].as_f64().expect("user") <= cpu["total"].as_f64().expect("total"));
+    assert!(j["results"][1]["cpu_us_per_unit"].is_null());
+    assert!(j["comparison"]["cpu_ratio"].is_null());
     // The SETs really went through: the keys exist in the backend.
     let mut c = redis.direct().await;
     let keys: Vec<String> = redis::cmd("KEYS")

@@ -1097,6 +1097,9 @@ async fn the_bench_harness_loads_the_proxy_and_the_direct_server() {
         "2".into(),
         "--duration".into(),
         "500ms".into(),
+        // The proxy runs in this process: the harness watches its CPU time.
+        "--cpu-pid".into(),
+        std::process::id().to_string(),
     ])
     .await
     .expect("join");
@@ -1104,6 +1107,12 @@ async fn the_bench_harness_loads_the_proxy_and_the_direct_server() {
     let sessions = r["completed"].as_u64().expect("completed");
     assert!(sessions > 2, "{r}");
     assert_eq!(r["error_total"], 0, "{r}");
+    // Every session's TLS handshake and SCRAM exchange cost the proxy CPU time.
+    let cpu = &r["cpu_us_per_unit"];
+    let total = cpu["total"].as_f64().expect("cpu per session");
+    assert!(total > 0.0, "{cpu}");
+    let parts = cpu["user"].as_f64().expect("user") + cpu["system"].as_f64().expect("system");
+    assert!((parts - total).abs() < 1e-6 * total.max(1.0), "{cpu}");
     // Each session logged in at the proxy; the backend sessions were reused.
     let logins = backend_logins(PG_BACKEND_USER) - before;
     assert!(logins < sessions as usize, "{logins} logins for {sessions}");

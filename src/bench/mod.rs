@@ -8,7 +8,8 @@
 //! - [`schedule`]: the fixed-rate (`--rate`) send schedule and why latency is
 //!   measured from it; `pacer`: the thread that wakes clients on that schedule
 //!   more precisely than tokio's 1 ms timer; [`report`]: histograms,
-//!   percentiles, table and JSON.
+//!   percentiles, table and JSON; [`cpu`]: `--cpu-pid`, the CPU time of the
+//!   process under test (the proxy) per request, read from `/proc`.
 //!
 //! A run connects every client first, then starts the clock for all of them at
 //! once, so connection setup is not measured (except by `--connect-only`, where
@@ -41,6 +42,7 @@
 //! frequency, caches, a noisy neighbour) falls on both alike; each target is
 //! measured for `--duration` in total, and the report gives B against A.
 
+pub mod cpu;
 mod pacer;
 pub mod postgres;
 pub mod redis;
@@ -57,6 +59,8 @@ use clap::Subcommand;
 use tokio::sync::{watch, Barrier, Notify};
 use tokio::time::Instant;
 
+use anyhow::Context as _;
+use cpu::CpuTime;
 use report::{Comparison, Report, Settings, Stats, Summary};
 
 /// How long a client may take to connect, finish TLS and log in.
@@ -83,7 +87,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Load a Redis server, or a proxy in front of one, with pipelined GET/SET/PING.
-    Redis(redis::RedisArgs),
+    Redis(Box<redis::RedisArgs>),
     /// Load a PostgreSQL server, or a proxy in front of one: a query, pgbench's
     /// select-only transaction, or a new session per iteration.
     Postgres(postgres::PostgresArgs),
@@ -92,7 +96,7 @@ pub enum BenchCommand {
 /// Runs one `bench` subcommand and prints its report on stdout.
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Redis(args) => redis::run(args).await,
+        BenchCommand::Redis(args) => redis::run(*args).await,
         BenchCommand::Postgres(args) => postgres::run(args).await,
     }
 }
@@ -120,6 +124,15 @@ fn check_common(clients: u32, rounds: u32, rate: Option<u64>) -> anyhow::Result<
         "--rounds must be 1..={MAX_ROUNDS}"
     );
     anyhow::ensure!(rate != Some(0), "--rate must be at least 1");
+    Ok(())
+}
+
+/// Checks that the processes given to `--cpu-pid` and `--compare-cpu-pid` can
+/// be watched, before any client connects.
+fn check_cpu_pids(pids: &[Option<u32>]) -> anyhow::Result<()> {
+    for pid in pids.iter().flatten() {
+        CpuTime::of(*pid).with_context(|| format!("cannot watch process {pid}"))?;
+    }
     Ok(())
 }
 
@@ -214,10 +227,13 @@ impl RunOutcome {
 /// Starts `clients` tasks made by `client(index, gate, progress)`, starts the
 /// clock once all have passed the gate, and merges what they measured. With a
 /// `rate`, a [`pacer::Pacer`] wakes each client when its next slot is due.
+/// With a `cpu_pid`, that process's CPU time from the start until every client
+/// has stopped goes into the statistics.
 pub(crate) async fn run_clients<F, Fut>(
     clients: u32,
     duration: Duration,
     rate: Option<u64>,
+    cpu_pid: Option<u32>,
     label: String,
     client: F,
 ) -> anyhow::Result<RunOutcome>
@@ -249,6 +265,7 @@ where
         .await
         .map_err(|_| anyhow::anyhow!("clients did not start within {START_LIMIT:?}"))?;
     let connected = connected.load(Ordering::Relaxed);
+    let cpu_before = cpu_pid.map(CpuTime::of).transpose()?;
     let start = Instant::now();
     // No client connected: start and end at once, so the failures are reported
     // at once instead of after a whole run of reconnects.
@@ -276,6 +293,9 @@ where
         stats.absorb(&done?);
     }
     stats.elapsed = start.elapsed();
+    if let (Some(pid), Some(before)) = (cpu_pid, cpu_before) {
+        stats.cpu = Some(CpuTime::of(pid).context("the process of --cpu-pid")? - before);
+    }
     drop(pacer);
     if let Some(t) = ticker {
         t.abort();
@@ -442,6 +462,7 @@ mod tests {
             4,
             Duration::from_millis(50),
             None,
+            Some(std::process::id()),
             String::new(),
             |i, gate, progress| async move {
                 let mut s = Stats::new(false);
@@ -458,6 +479,8 @@ mod tests {
         .expect("run");
         assert_eq!(out.connected, 3);
         assert_eq!(out.stats.ok, 4);
+        // The watched process (this one) was read at both ends.
+        assert!(out.stats.cpu.is_some());
         assert!(out.stats.elapsed >= Duration::from_millis(50));
     }
 }

@@ -87,6 +87,13 @@ pub struct PostgresArgs {
     /// Rounds per target with --compare-dsn; each lasts --duration / --rounds.
     #[arg(long, default_value_t = 4)]
     pub rounds: u32,
+    /// A process serving --dsn (the proxy's PID): reports its CPU time per
+    /// transaction (or session) while the clients run, user and system (Linux /proc).
+    #[arg(long, value_name = "PID")]
+    pub cpu_pid: Option<u32>,
+    /// The same for B (another proxy's PID), and B's CPU per transaction against A's.
+    #[arg(long, value_name = "PID", requires = "compare_dsn")]
+    pub compare_cpu_pid: Option<u32>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -169,19 +176,27 @@ pub async fn run(args: PostgresArgs) -> anyhow::Result<()> {
         targets.push(Arc::new(target(b).context("--compare-dsn")?));
     }
     let (clients, rate) = (args.clients, args.rate);
-    let merged = super::alternate(&targets, args.rounds, args.duration, |t, _, d, label| {
-        let (t, tx) = (t.clone(), tx.clone());
-        async move {
-            let label = format!("postgres {} {label}", t.name)
-                .trim_end()
-                .to_string();
-            let out = super::run_clients(clients, d, rate, label, |i, gate, progress| {
-                client(t.clone(), tx.clone(), clients, rate, i, gate, progress)
-            })
-            .await?;
-            out.stats(&t.name)
-        }
-    })
+    let cpu_pids = [args.cpu_pid, args.compare_cpu_pid];
+    super::check_cpu_pids(&cpu_pids)?;
+    let merged = super::alternate(
+        &targets,
+        args.rounds,
+        args.duration,
+        |t, which, d, label| {
+            let (t, tx, cpu_pid) = (t.clone(), tx.clone(), cpu_pids[which]);
+            async move {
+                let label = format!("postgres {} {label}", t.name)
+                    .trim_end()
+                    .to_string();
+                let out =
+                    super::run_clients(clients, d, rate, cpu_pid, label, |i, gate, progress| {
+                        client(t.clone(), tx.clone(), clients, rate, i, gate, progress)
+                    })
+                    .await?;
+                out.stats(&t.name)
+            }
+        },
+    )
     .await?;
     let mut settings = Settings::default();
     settings.push("transaction", tx.name());

@@ -127,6 +127,13 @@ pub struct RedisArgs {
     /// Rounds per target with --compare; each lasts --duration / --rounds.
     #[arg(long, default_value_t = 4)]
     pub rounds: u32,
+    /// A process serving the target (the proxy's PID): reports its CPU time per
+    /// request while the clients run, user and system (Linux /proc).
+    #[arg(long, value_name = "PID", conflicts_with = "idle")]
+    pub cpu_pid: Option<u32>,
+    /// The same for B (another proxy's PID), and B's CPU per request against A's.
+    #[arg(long, value_name = "PID", requires = "compare")]
+    pub compare_cpu_pid: Option<u32>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -171,6 +178,8 @@ pub async fn run(args: RedisArgs) -> anyhow::Result<()> {
         return idle::run(ep, args.clients, args.duration, args.watch_pid, args.json).await;
     }
     let load = Arc::new(load(&args)?);
+    let cpu_pids = [args.cpu_pid, args.compare_cpu_pid];
+    super::check_cpu_pids(&cpu_pids)?;
     let mut targets = vec![Arc::new(endpoint(&args.target, &args.login_a()).await?)];
     if let Some(b) = &args.compare {
         targets.push(Arc::new(endpoint(b, &args.login_b()).await?));
@@ -179,7 +188,7 @@ pub async fn run(args: RedisArgs) -> anyhow::Result<()> {
         &targets,
         args.rounds,
         args.duration,
-        |ep, _, duration, label| run_once(ep.clone(), load.clone(), duration, label),
+        |ep, i, duration, label| run_once(ep.clone(), load.clone(), duration, label, cpu_pids[i]),
     )
     .await?;
     let mut settings = Settings::default();
@@ -319,12 +328,14 @@ async fn run_once(
     load: Arc<Load>,
     duration: Duration,
     label: String,
+    cpu_pid: Option<u32>,
 ) -> anyhow::Result<Stats> {
     let label = format!("redis {} {label}", ep.name).trim_end().to_string();
     let out = super::run_clients(
         load.clients,
         duration,
         load.rate,
+        cpu_pid,
         label,
         |i, gate, progress| client::client(ep.clone(), load.clone(), i, gate, progress),
     )

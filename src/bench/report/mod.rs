@@ -12,6 +12,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::cpu::{CpuPerUnit, CpuTime};
+
 /// Smallest latency the histograms resolve: 1 µs (values below are counted as 1 µs).
 pub const LOWEST_US: u64 = 1;
 /// Largest latency recorded as itself: 60 s (longer ones are counted as 60 s).
@@ -140,6 +142,8 @@ pub struct Stats {
     pub behind: u64,
     /// Requests sent that got no answer before the drain deadline.
     pub unanswered: u64,
+    /// With `--cpu-pid`: that process's CPU time while the clients ran (summed over rounds).
+    pub cpu: Option<CpuTime>,
 }
 
 impl Stats {
@@ -153,6 +157,7 @@ impl Stats {
             elapsed: Duration::ZERO,
             behind: 0,
             unanswered: 0,
+            cpu: None,
         }
     }
 
@@ -181,6 +186,10 @@ impl Stats {
         self.elapsed += other.elapsed;
         self.behind += other.behind;
         self.unanswered += other.unanswered;
+        self.cpu = match (self.cpu, other.cpu) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -240,6 +249,8 @@ pub struct Summary {
     pub behind: u64,
     /// Requests sent that got no answer before the drain deadline.
     pub unanswered: u64,
+    /// With `--cpu-pid`: that process's CPU µs per success (`unit`).
+    pub cpu_us_per_unit: Option<CpuPerUnit>,
 }
 
 impl Summary {
@@ -262,6 +273,7 @@ impl Summary {
             errors: stats.errors.kinds().clone(),
             behind: stats.behind,
             unanswered: stats.unanswered,
+            cpu_us_per_unit: stats.cpu.and_then(|c| c.per(stats.ok)),
         }
     }
 }
@@ -275,6 +287,8 @@ pub struct Comparison {
     pub p50_delta_us: Option<i64>,
     /// p99 of B minus A's, in µs.
     pub p99_delta_us: Option<i64>,
+    /// With `--cpu-pid` and `--compare-cpu-pid`: B's CPU per success divided by A's.
+    pub cpu_ratio: Option<f64>,
 }
 
 impl Comparison {
@@ -288,6 +302,10 @@ impl Comparison {
             throughput_ratio: (a.throughput > 0.0).then(|| b.throughput / a.throughput),
             p50_delta_us: delta(|l| l.p50),
             p99_delta_us: delta(|l| l.p99),
+            cpu_ratio: match (a.cpu_us_per_unit, b.cpu_us_per_unit) {
+                (Some(x), Some(y)) if x.total > 0.0 => Some(y.total / x.total),
+                _ => None,
+            },
         }
     }
 }
@@ -452,6 +470,35 @@ mod tests {
     }
 
     #[test]
+    fn watched_cpu_is_summed_over_rounds_and_divided_by_successes() {
+        let round = |ms| {
+            let mut s = stats_with(std::iter::repeat_n(100, 500), Duration::from_secs(1));
+            s.cpu = Some(CpuTime {
+                user: Duration::from_millis(ms),
+                system: Duration::from_millis(3 * ms),
+            });
+            s
+        };
+        let mut merged = Stats::new(false);
+        merged.absorb(&round(1));
+        merged.absorb(&stats_with([100], Duration::ZERO));
+        merged.absorb(&round(4));
+        assert_eq!(merged.cpu.expect("cpu").total(), Duration::from_millis(20));
+        let per = Summary::new("A", "t", &merged)
+            .cpu_us_per_unit
+            .expect("per");
+        // 20 ms over 1001 successes.
+        assert!((per.total - 20_000.0 / 1001.0).abs() < 1e-9, "{per:?}");
+        assert!((per.user * 3.0 - per.system).abs() < 1e-9, "{per:?}");
+        let none = Summary::new("B", "t", &stats_with([100], Duration::ZERO));
+        assert!(none.cpu_us_per_unit.is_none());
+        let j: serde_json::Value =
+            serde_json::to_value(Comparison::between(&Summary::new("A", "t", &merged), &none))
+                .expect("json");
+        assert!(j["cpu_ratio"].is_null(), "{j}");
+    }
+
+    #[test]
     fn json_is_one_object_with_the_figures() {
         let j: serde_json::Value =
             serde_json::from_str(&two_target_report().to_json()).expect("valid json");
@@ -462,5 +509,7 @@ mod tests {
         assert_eq!(j["results"][1]["errors"]["-NOPERM"]["count"], 3);
         assert_eq!(j["comparison"]["p99_delta_us"], 50);
         assert!(j["results"][0]["send_lag_us"].is_null());
+        assert!(j["results"][0]["cpu_us_per_unit"].is_null());
+        assert!(j["comparison"]["cpu_ratio"].is_null());
     }
 }

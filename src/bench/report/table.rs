@@ -63,9 +63,12 @@ impl Report {
         if let Some(c) = &self.comparison {
             let ratio = c.throughput_ratio.map_or("-".into(), |r| format!("{r:.3}"));
             let delta = |d: Option<i64>| d.map_or("-".into(), |d| format!("{d:+} µs"));
+            let cpu = c.cpu_ratio.map_or(String::new(), |r| {
+                format!(", CPU per {} ×{r:.3}", singular(self.unit))
+            });
             let _ = writeln!(
                 out,
-                "B/A: throughput ×{ratio}, p50 {}, p99 {}",
+                "B/A: throughput ×{ratio}, p50 {}, p99 {}{cpu}",
                 delta(c.p50_delta_us),
                 delta(c.p99_delta_us)
             );
@@ -76,6 +79,16 @@ impl Report {
             } else {
                 r.target.clone()
             };
+            if let Some(cpu) = &r.cpu_us_per_unit {
+                let _ = writeln!(
+                    out,
+                    "{who}: CPU of the watched process {:.2} µs per {} (user {:.2}, system {:.2})",
+                    cpu.total,
+                    singular(self.unit),
+                    cpu.user,
+                    cpu.system
+                );
+            }
             if let Some(lag) = &r.send_lag_us {
                 let _ = writeln!(
                     out,
@@ -126,6 +139,11 @@ pub fn fmt_us(us: u64) -> String {
     }
 }
 
+/// One of what the report counts: `requests` → `request`.
+fn singular(unit: &str) -> &str {
+    unit.strip_suffix('s').unwrap_or(unit)
+}
+
 /// A count with thousands separators: `1,234,567`.
 pub fn fmt_count(n: u64) -> String {
     let digits = n.to_string();
@@ -148,7 +166,7 @@ pub fn fmt_rate(r: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::tests::two_target_report;
-    use super::super::{Settings, Stats, Summary};
+    use super::super::{Comparison, CpuPerUnit, Settings, Stats, Summary};
     use super::*;
     use std::time::Duration;
 
@@ -190,6 +208,33 @@ mod tests {
         let w = lines[1].chars().count();
         assert_eq!(lines[2].chars().count(), w, "{t}");
         assert_eq!(lines[3].chars().count(), w, "{t}");
+    }
+
+    #[test]
+    fn watched_cpu_is_printed_per_target_and_compared() {
+        let mut r = two_target_report();
+        assert!(!r.to_table().contains("CPU"));
+        r.results[0].cpu_us_per_unit = Some(CpuPerUnit {
+            total: 12.5,
+            user: 2.5,
+            system: 10.0,
+        });
+        r.results[1].cpu_us_per_unit = Some(CpuPerUnit {
+            total: 10.0,
+            user: 1.0,
+            system: 9.0,
+        });
+        r.comparison = Some(Comparison::between(&r.results[0], &r.results[1]));
+        let t = r.to_table();
+        assert!(
+            t.contains("B/A: throughput ×0.800, p50 +50 µs, p99 +50 µs, CPU per request ×0.800"),
+            "{t}"
+        );
+        assert!(t.contains("A 127.0.0.1:6379: CPU of the watched process 12.50 µs per request (user 2.50, system 10.00)"), "{t}");
+        assert!(
+            t.contains("B 127.0.0.1:6380: CPU of the watched process 10.00 µs per request"),
+            "{t}"
+        );
     }
 
     #[test]
