@@ -55,11 +55,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Subcommand;
 use tokio::sync::{watch, Barrier, Notify};
 use tokio::time::Instant;
 
-use anyhow::Context as _;
 use cpu::CpuTime;
 use report::{Comparison, Report, Settings, Stats, Summary};
 
@@ -294,7 +294,9 @@ where
     }
     stats.elapsed = start.elapsed();
     if let (Some(pid), Some(before)) = (cpu_pid, cpu_before) {
-        stats.cpu = Some(CpuTime::of(pid).context("the process of --cpu-pid")? - before);
+        let now =
+            CpuTime::of(pid).with_context(|| format!("process {pid}, watched for its CPU"))?;
+        stats.cpu = Some(now - before);
     }
     drop(pacer);
     if let Some(t) = ticker {
