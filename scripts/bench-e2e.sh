@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end benchmark, side by side in one run. Redis: redis-server direct, through
 # portcullis (plain sidecar listener, and TLS; both with AUTH at the proxy, the
-# command policy and rate limits on), and, where installed, HAProxy (TCP mode and
+# command policy and rate limits on; each also with the backend connection shared,
+# `multiplex = true`, as "portcullis multiplexed"), and, where installed, HAProxy (TCP mode and
 # TLS termination), stunnel and twemproxy. Load: redis-benchmark, 50 clients, GET
 # and SET, pipeline 1 and 16. Then PostgreSQL, where its binaries are installed:
 # scripts/bench-pg.sh (pgbench -S and -C: direct, portcullis, PgBouncer).
@@ -80,11 +81,11 @@ redis-cli -p "$RP" -a "$BACKEND_PW" --no-auth-warning set key:__rand_int__ x >/d
 "$bin" gen-certs --out "$work/certs" >/dev/null
 cat "$work/certs/server.crt" "$work/certs/server.key" >"$work/certs/haproxy.pem"
 
-PP=$(free_port); PT=$(free_port)
+PP=$(free_port); PT=$(free_port); MP=$(free_port); MT=$(free_port)
 WORKER_THREADS=${WORKER_THREADS:-0}
 SCHEDULER=${SCHEDULER:-per_thread}
 YIELD=${YIELD:-false}
-cat >"$work/portcullis.toml" <<EOF
+cat >"$work/base.toml" <<EOF
 [runtime]
 worker_threads = $WORKER_THREADS
 scheduler = "$SCHEDULER"
@@ -122,10 +123,36 @@ key = "$work/certs/server.key"
 name = "bench"
 password = "\${BENCH_USER_PW}"
 EOF
+# The same listeners once more, with the backend connection shared (not for the baseline,
+# which may be a build from before `multiplex`).
+cat "$work/base.toml" - >"$work/portcullis.toml" <<EOF
+[[backend]]
+name = "redis-shared"
+protocol = "redis"
+address = "127.0.0.1:$RP"
+password = "\${BENCH_BACKEND_PW}"
+multiplex = true
+[[listener]]
+name = "plain-shared"
+protocol = "redis"
+listen = "127.0.0.1:$MP"
+backend = "redis-shared"
+[listener.tls]
+mode = "disabled"
+[[listener]]
+name = "tls-shared"
+protocol = "redis"
+listen = "127.0.0.1:$MT"
+backend = "redis-shared"
+[listener.tls]
+mode = "required"
+cert = "$work/certs/server.crt"
+key = "$work/certs/server.key"
+EOF
 BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn setsid "$bin" run --config "$work/portcullis.toml" 2>"$work/portcullis.log" &
 portcullis_pid=$!
 pids+=($portcullis_pid)
-{ wait_port "$PP" && wait_port "$PT"; } || { cat "$work/portcullis.log" >&2; exit 1; }
+{ wait_port "$PP" && wait_port "$PT" && wait_port "$MP" && wait_port "$MT"; } || { cat "$work/portcullis.log" >&2; exit 1; }
 
 baseline_pid=""; BP=""; BT=""
 if [[ -n "$baseline" ]]; then
@@ -137,7 +164,7 @@ if [[ -n "$baseline" ]]; then
         runtime=(-e '/^\[runtime\]$/d' -e '/^worker_threads = /d' -e '/^scheduler = /d' -e '/^yield_before_sleep = /d')
     fi
     sed -e "s/127.0.0.1:$PP\"/127.0.0.1:$BP\"/" -e "s/127.0.0.1:$PT\"/127.0.0.1:$BT\"/" \
-        "${runtime[@]}" "$work/portcullis.toml" >"$work/baseline.toml"
+        "${runtime[@]}" "$work/base.toml" >"$work/baseline.toml"
     threads=()
     [[ "$WORKER_THREADS" != 0 ]] && threads=(TOKIO_WORKER_THREADS="$WORKER_THREADS")
     setsid env "${threads[@]}" BENCH_BACKEND_PW=$BACKEND_PW BENCH_USER_PW=$USER_PW RUST_LOG=warn "$baseline" run --config "$work/baseline.toml" 2>"$work/baseline.log" &
@@ -262,7 +289,9 @@ for (name, pipeline), runs in rows.items():
 # Issue 6's targets, from the same medians: portcullis against HAProxy, at most
 # `limit` times its CPU per request and at least its GET throughput.
 pairs = [("plain", "portcullis, plain (AUTH, policy)", "HAProxy, TCP mode", 1.0),
-         ("TLS", "portcullis, TLS (AUTH, policy)", "HAProxy, TLS termination", 0.8)]
+         ("TLS", "portcullis, TLS (AUTH, policy)", "HAProxy, TLS termination", 0.8),
+         ("plain, multiplexed", "portcullis multiplexed, plain (AUTH, policy)", "HAProxy, TCP mode", 1.0),
+         ("TLS, multiplexed", "portcullis multiplexed, TLS (AUTH, policy)", "HAProxy, TLS termination", 0.8)]
 lines = []
 for pipeline in dict.fromkeys(p for _, p in medians):
     for label, ours, peer, limit in pairs:
@@ -293,6 +322,8 @@ for p in $PIPELINES; do
     [[ -n "$baseline_pid" ]] && run "portcullis baseline, plain (AUTH, policy)" "$baseline_pid" "$BP" "$p" --user bench -a "$USER_PW"
     run "portcullis, TLS (AUTH, policy)" "$portcullis_pid" "$PT" "$p" --tls --cacert "$work/certs/ca.crt" --user bench -a "$USER_PW"
     [[ -n "$baseline_pid" ]] && run "portcullis baseline, TLS (AUTH, policy)" "$baseline_pid" "$BT" "$p" --tls --cacert "$work/certs/ca.crt" --user bench -a "$USER_PW"
+    run "portcullis multiplexed, plain (AUTH, policy)" "$portcullis_pid" "$MP" "$p" --user bench -a "$USER_PW"
+    run "portcullis multiplexed, TLS (AUTH, policy)" "$portcullis_pid" "$MT" "$p" --tls --cacert "$work/certs/ca.crt" --user bench -a "$USER_PW"
     [[ -n "$haproxy_pid" ]] && run "HAProxy, TCP mode" "$haproxy_pid" "$HP" "$p" -a "$BACKEND_PW"
     [[ -n "$haproxy_pid" ]] && run "HAProxy, TLS termination" "$haproxy_pid" "$HT" "$p" --tls --cacert "$work/certs/ca.crt" -a "$BACKEND_PW"
     [[ -n "$stunnel_pid" ]] && run "stunnel (TLS)" "$stunnel_pid" "$SP" "$p" --tls --cacert "$work/certs/ca.crt" -a "$BACKEND_PW"

@@ -76,6 +76,8 @@ pub struct Context {
     pub pg_pool: Option<Arc<crate::postgres::pool::Pool>>,
     /// Idle logged-in connections of the listener's backend (Redis listeners).
     pub redis_pool: Option<Arc<crate::redis::pool::Pool>>,
+    /// Shared backend connections (Redis backends with `multiplex`).
+    pub redis_mux: Option<Arc<crate::redis::mux::Muxes>>,
 }
 
 /// What a reload tells live sessions.
@@ -303,6 +305,12 @@ impl Reloader {
                     pool_fingerprint(&l.backend),
                     l.backend.pool,
                 )
+            }),
+            redis_mux: (l.backend.protocol == Protocol::Redis && l.backend.multiplex).then(|| {
+                Arc::new(crate::redis::mux::Muxes::new(
+                    l.backend.clone(),
+                    self.metrics.clone(),
+                ))
             }),
         }
     }

@@ -360,6 +360,8 @@ struct RawBackend {
     tls: RawClientTls,
     #[serde(default)]
     pool: RawPool,
+    #[serde(default)]
+    multiplex: bool,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -631,6 +633,9 @@ pub struct Backend {
     pub tls: Option<BackendTls>,
     /// Logged-in sessions kept for reuse.
     pub pool: PoolConfig,
+    /// Redis: the sessions of a worker thread share one connection per
+    /// backend user (`redis::mux`), instead of one connection each.
+    pub multiplex: bool,
 }
 
 impl Config {
@@ -979,6 +984,12 @@ impl Ctx<'_> {
                 "\"prefer\" is for PostgreSQL backends only",
             ));
         }
+        if b.protocol == Protocol::Postgres && b.multiplex {
+            return Err(invalid(
+                format!("{key}.multiplex"),
+                "is for Redis backends only (PostgreSQL sessions are pooled, see [backend.pool])",
+            ));
+        }
         if b.protocol == Protocol::Postgres && b.user.is_none() {
             return Err(invalid(
                 format!("{key}.user"),
@@ -997,6 +1008,7 @@ impl Ctx<'_> {
             connect_timeout: positive(b.connect_timeout, &format!("{key}.connect_timeout"))?,
             tls,
             pool: b.pool.validate(key)?,
+            multiplex: b.multiplex,
         })
     }
 

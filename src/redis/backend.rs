@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::warn;
 use zeroize::Zeroizing;
@@ -33,10 +33,10 @@ pub enum Login {
     },
 }
 
-/// A logged-in backend connection.
-pub struct Connected {
+/// A logged-in backend connection (or a session's end of a shared one).
+pub struct Connected<S = BackendStream> {
     /// The stream.
-    pub stream: BackendStream,
+    pub stream: S,
     /// The login reply (HELLO's map, or `+OK`).
     pub reply: BytesMut,
     /// Bytes the backend sent after the login reply.
@@ -133,12 +133,12 @@ pub async fn open(backend: &Backend) -> Result<BackendStream, BackendError> {
 
 /// Takes a pooled session (already reset and logged in with `AUTH`) into use:
 /// as it is for an `AUTH` login, or after the client's `HELLO` for a HELLO login.
-pub async fn reuse(
-    stream: BackendStream,
+pub async fn reuse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     backend: &Backend,
     cred: &Credential,
     login: &Login,
-) -> Result<Connected, BackendError> {
+) -> Result<Connected<S>, BackendError> {
     match login {
         Login::Auth => Ok(Connected {
             stream,
@@ -160,12 +160,12 @@ pub async fn reuse(
 }
 
 /// Sends the login command and reads its one reply.
-async fn log_in(
-    mut stream: BackendStream,
+async fn log_in<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     backend: &Backend,
     cred: &Credential,
     login: &Login,
-) -> Result<Connected, BackendError> {
+) -> Result<Connected<S>, BackendError> {
     let cmd = login_command(cred, login);
     stream.write_all(&cmd).await.map_err(BackendError::Io)?;
     drop(cmd);

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod commands;
+pub mod mux;
 pub mod policy;
 pub mod pool;
 pub mod replies;

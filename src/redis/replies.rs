@@ -23,6 +23,15 @@ pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previ
 pub const NOT_IN_MULTI: &[u8] = b"-ERR Command not allowed inside a transaction\r\n";
 /// The backend could not be reached or refused the proxy's login; no detail on purpose.
 pub const BACKEND_UNAVAILABLE: &[u8] = b"-ERR backend unavailable\r\n";
+/// HELLO 3 where the backend connection is shared (it speaks RESP2): clients fall back to RESP2.
+pub const MUX_NOPROTO: &[u8] =
+    b"-NOPROTO unsupported protocol version: this listener's backend connection is shared and speaks RESP2 only\r\n";
+/// HELLO SETNAME where the backend connection is shared.
+pub const MUX_SETNAME: &[u8] =
+    b"-ERR client names are not available: this listener's backend connection is shared\r\n";
+/// An AUTH to a user who logs in to the backend as another backend user, where the connection is shared.
+pub const MUX_OTHER_USER: &[u8] =
+    b"-ERR this user logs in to the backend as another user, which a shared backend connection cannot switch to: reconnect\r\n";
 
 /// `-ERR <message>\r\n` with CR and LF removed from the message.
 pub fn error(message: &str) -> Vec<u8> {
@@ -49,6 +58,13 @@ pub fn hello_syntax_error(option: &[u8]) -> Vec<u8> {
 /// A command portcullis cannot relay, because it breaks reply tracking.
 pub fn unsupported(command: &str) -> Vec<u8> {
     error(&format!("{command} is not supported through portcullis"))
+}
+
+/// A command that needs a backend connection of its own, where it is shared.
+pub fn not_multiplexed(command: &str) -> Vec<u8> {
+    error(&format!(
+        "'{command}' is not available: this listener's backend connection is shared (multiplex = true)"
+    ))
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::backend::{self, Login};
+use super::backend::{self, Connected, Login};
+use super::mux::{self, Upstream};
 use super::policy::{self, Verdict};
 use super::pool;
 use super::replies;
@@ -41,7 +42,7 @@ use crate::relay::{
     Cancelled, Due, Parked, Reloads, Side, Timer, READ_CHUNK,
 };
 use crate::server::Context;
-use crate::stream::{BackendStream, ClientStream, ClientTcp};
+use crate::stream::{ClientStream, ClientTcp};
 
 /// Redis 7 closes an unauthenticated client whose query buffer passes 64 KiB... we do the same.
 const PREAUTH_MAX_BUFFER: usize = 64 * 1024;
@@ -139,6 +140,28 @@ async fn run(
 
     let backend = &ctx.listener.backend;
     let cred = identity.backend_credential(&backend.credential).clone();
+    if let Some(muxes) = &ctx.redis_mux {
+        if let Err(reply) = mux_login(&login) {
+            ctx.metrics.refused("not_multiplexed");
+            let _ = client.stream.write_all(reply).await;
+            let _ = client.stream.shutdown().await;
+            return Err(SessionError::Limit("not_multiplexed"));
+        }
+        let shared = muxes.attach(&cred);
+        let connected = if shared.ready().await {
+            backend::reuse(Upstream::Shared(shared), backend, &cred, &login).await
+        } else {
+            Err(BackendError::Closed)
+        };
+        let result = match connected {
+            Ok(c) => c,
+            Err(e) => return backend_unavailable(ctx, &mut client, e).await,
+        };
+        let logged_in = (identity, login, reply_ok);
+        return Relay::new(ctx, peer, client, admission, logged_in, cred, result)
+            .run()
+            .await;
+    }
     let pool = ctx.redis_pool.clone().filter(|p| p.config().enabled());
     let pooled = pool.as_ref().and_then(|p| {
         crate::pool::checkout(
@@ -150,79 +173,33 @@ async fn run(
     });
     let (connected, born) = match pooled {
         Some((idle, born)) => (
-            backend::reuse(idle.stream, backend, &cred, &login).await,
+            backend::reuse(Upstream::Own(idle.stream), backend, &cred, &login).await,
             born,
         ),
         None => (
-            backend::connect(backend, &cred, &login, ctx.metrics.all()).await,
+            backend::connect(backend, &cred, &login, ctx.metrics.all())
+                .await
+                .map(|c| Connected {
+                    stream: Upstream::Own(c.stream),
+                    reply: c.reply,
+                    leftover: c.leftover,
+                }),
             std::time::Instant::now(),
         ),
     };
     let connected = match connected {
         Ok(c) => c,
-        Err(e) => {
-            ctx.metrics.refused("backend_unavailable");
-            let _ = client.stream.write_all(replies::BACKEND_UNAVAILABLE).await;
-            let _ = client.stream.shutdown().await;
-            return Err(e.into());
-        }
+        Err(e) => return backend_unavailable(ctx, &mut client, e).await,
     };
-    let mut to_client = Outbox::default();
-    match &login {
-        Login::Hello { .. } => to_client.push(connected.reply.freeze()),
-        Login::Auth if reply_ok => to_client.push(Bytes::from_static(replies::OK)),
-        Login::Auth => {}
-    }
-    let proto = match login {
-        Login::Hello { proto, .. } => proto,
-        Login::Auth => 2,
-    };
-    let mut relay = Relay {
-        ctx,
-        peer,
-        identity,
-        cred,
-        proto,
-        client,
-        backend: connected.stream,
-        backend_in: connected.leftover,
-        to_client,
-        to_backend: Outbox::default(),
-        slots: VecDeque::new(),
-        scanner: ReplyScanner::new(),
-        scanned: 0,
-        streaming_reply: None,
-        req_tail: None,
-        multi: Multi::default(),
-        subs: Subscriptions::default(),
-        closing: false,
-        auth_attempts: 0,
-        bytes_rate: ctx
-            .listener
-            .limits
-            .bytes_per_connection
-            .map(|r| ByteBudget::new(Rate::new(r))),
-        admission,
-        stashed: None,
-        commands_paused_until: None,
-        reads_paused_until: None,
-        last_activity: Instant::now(),
-        idle_check_at: ctx.listener.limits.idle_timeout.map(|d| Instant::now() + d),
-        idle_timer: Timer::default(),
-        pause_timer: Timer::default(),
-        reloads: Reloads::new(&ctx.reloads),
-        parked: Parked::default(),
-        last_command: None,
-        allowed: 0,
-        login: None,
-    };
+    let logged_in = (identity, login, reply_ok);
+    let mut relay = Relay::new(ctx, peer, client, admission, logged_in, cred, connected);
     let result = relay.run().await;
     let Some(pool) = pool else {
         return result;
     };
     let reusable = result.is_ok() && relay.reusable();
     let Relay {
-        backend: stream,
+        backend: upstream,
         cred,
         admission,
         client,
@@ -231,6 +208,9 @@ async fn run(
     // The client is gone: its connection and permits go now, not after the reset.
     drop(client);
     drop(admission);
+    let Upstream::Own(stream) = upstream else {
+        return result;
+    };
     let idle = pool::Idle { stream };
     if reusable {
         give_back(ctx, &pool, &cred, idle, born).await;
@@ -241,6 +221,30 @@ async fn run(
     result
 }
 
+/// The backend could not be reached or refused the proxy's login: the client
+/// is told so, in RESP, and the session ends.
+async fn backend_unavailable(
+    ctx: &Context,
+    client: &mut Client,
+    e: BackendError,
+) -> Result<(), SessionError> {
+    ctx.metrics.refused("backend_unavailable");
+    let _ = client.stream.write_all(replies::BACKEND_UNAVAILABLE).await;
+    let _ = client.stream.shutdown().await;
+    Err(e.into())
+}
+
+/// A login that a shared backend connection can take: RESP2, no client name
+/// (both would be set on the connection every session shares). `Err`: the reply.
+fn mux_login(login: &Login) -> Result<(), &'static [u8]> {
+    match login {
+        Login::Hello { proto: 3, .. } => Err(replies::MUX_NOPROTO),
+        Login::Hello {
+            setname: Some(_), ..
+        } => Err(replies::MUX_SETNAME),
+        _ => Ok(()),
+    }
+}
 /// Resets a connection the client left clean (RESET, then the proxy's AUTH)
 /// and keeps it, or closes it.
 async fn give_back(
@@ -790,7 +794,9 @@ struct Relay<'a> {
     cred: Credential,
     proto: u8,
     client: Client,
-    backend: BackendStream,
+    backend: Upstream,
+    /// The backend connection is shared ([`super::mux`]).
+    mux: bool,
     backend_in: BytesMut,
     to_client: Outbox,
     to_backend: Outbox,
@@ -876,7 +882,70 @@ impl From<Due> for Event {
     }
 }
 
-impl Relay<'_> {
+impl<'a> Relay<'a> {
+    /// The relay of a session that has logged in (`reply_ok`: the client's
+    /// AUTH is owed its `+OK`) and reached its backend.
+    fn new(
+        ctx: &'a Arc<Context>,
+        peer: SocketAddr,
+        client: Client,
+        admission: Admission,
+        (identity, login, reply_ok): (Identity, Login, bool),
+        cred: Credential,
+        connected: Connected<Upstream>,
+    ) -> Relay<'a> {
+        let mut to_client = Outbox::default();
+        match &login {
+            Login::Hello { .. } => to_client.push(connected.reply.freeze()),
+            Login::Auth if reply_ok => to_client.push(Bytes::from_static(replies::OK)),
+            Login::Auth => {}
+        }
+        let proto = match login {
+            Login::Hello { proto, .. } => proto,
+            Login::Auth => 2,
+        };
+        Relay {
+            ctx,
+            peer,
+            identity,
+            cred,
+            proto,
+            client,
+            mux: matches!(connected.stream, Upstream::Shared(_)),
+            backend: connected.stream,
+            backend_in: connected.leftover,
+            to_client,
+            to_backend: Outbox::default(),
+            slots: VecDeque::new(),
+            scanner: ReplyScanner::new(),
+            scanned: 0,
+            streaming_reply: None,
+            req_tail: None,
+            multi: Multi::default(),
+            subs: Subscriptions::default(),
+            closing: false,
+            auth_attempts: 0,
+            bytes_rate: ctx
+                .listener
+                .limits
+                .bytes_per_connection
+                .map(|r| ByteBudget::new(Rate::new(r))),
+            admission,
+            stashed: None,
+            commands_paused_until: None,
+            reads_paused_until: None,
+            last_activity: Instant::now(),
+            idle_check_at: ctx.listener.limits.idle_timeout.map(|d| Instant::now() + d),
+            idle_timer: Timer::default(),
+            pause_timer: Timer::default(),
+            reloads: Reloads::new(&ctx.reloads),
+            parked: Parked::default(),
+            last_command: None,
+            allowed: 0,
+            login: None,
+        }
+    }
+
     /// Whether the backend connection is in step and plain after the client
     /// left: every reply read, nothing half-sent, outside MULTI, not subscribed.
     /// (RESET undoes the rest: WATCH, tracking, SELECT, the name, RESP3.)
@@ -1282,7 +1351,7 @@ impl Relay<'_> {
             },
         };
         self.last_command = Some(spec);
-        if tracked_by_session(spec.name) {
+        if tracked_by_session(spec.name) || (self.mux && !mux::multiplexable(spec)) {
             return Ok(false);
         }
         let sub = match p.sub {
@@ -1462,6 +1531,19 @@ impl Relay<'_> {
             self.deny(name, "unsupported", Bytes::from(replies::unsupported(cmd)));
             return false;
         }
+        if let Some(spec) = spec.filter(|_| self.mux && verdict == Verdict::Allow) {
+            if spec.name == "reset" && req.argc() == 1 && !has_tail {
+                // The shared connection holds nothing of this session's to reset.
+                self.allowed += 1;
+                self.push_local(Bytes::from_static(b"+RESET\r\n"));
+                return false;
+            }
+            if !mux::multiplexable(spec) {
+                let reply = Bytes::from(replies::not_multiplexed(spec.name));
+                self.deny(name, "not_multiplexed", reply);
+                return false;
+            }
+        }
         if let Verdict::Deny(reason) = verdict {
             let args = (1..req.argc().min(super::request::MAX_CAPTURED)).filter_map(|i| req.arg(i));
             let reply = policy::deny_reply(reason, name, args);
@@ -1565,6 +1647,19 @@ impl Relay<'_> {
                 return Ok(false);
             }
         };
+        let cred = id
+            .backend_credential(&self.ctx.listener.backend.credential)
+            .clone();
+        let same = cred.user == self.cred.user && cred.password.ct_eq(self.cred.password.expose());
+        if !same && self.mux {
+            // Stays logged in as before, as after a refused AUTH.
+            self.deny(
+                b"auth",
+                "not_multiplexed",
+                Bytes::from_static(replies::MUX_OTHER_USER),
+            );
+            return Ok(false);
+        }
         if id.name() != self.identity.name() {
             if let Err(refusal) = self.admission.authenticated(&self.ctx.guards, &id) {
                 // The new user has no session slot left: stay logged in as before.
@@ -1573,10 +1668,6 @@ impl Relay<'_> {
                 return Ok(false);
             }
         }
-        let cred = id
-            .backend_credential(&self.ctx.listener.backend.credential)
-            .clone();
-        let same = cred.user == self.cred.user && cred.password.ct_eq(self.cred.password.expose());
         self.identity = id;
         if !same {
             self.cred = cred;
@@ -1605,6 +1696,18 @@ impl Relay<'_> {
                 return false;
             }
         };
+        if self.mux {
+            // Checked first, as Redis checks the version before AUTH.
+            let refused = match (h.proto, &h.setname) {
+                (Some(3), _) => Some(replies::MUX_NOPROTO),
+                (_, Some(_)) => Some(replies::MUX_SETNAME),
+                _ => None,
+            };
+            if let Some(reply) = refused {
+                self.deny(b"hello", "not_multiplexed", Bytes::from_static(reply));
+                return false;
+            }
+        }
         if let Some((user, password)) = &h.auth {
             if !matches!(self.switch_user(user, password).await, Ok(true)) {
                 return false;
