@@ -45,6 +45,8 @@ pub struct Metrics {
     pub pool_idle: IntGaugeVec,
     /// What happened to backend sessions at the pool, by backend and event.
     pub pool_events: IntCounterVec,
+    /// Shared (multiplexed) backend connections logged in, by backend.
+    pub shared_connections: IntGaugeVec,
     /// 1 while the process runs; carries the version label.
     pub build_info: IntGauge,
 }
@@ -100,6 +102,16 @@ impl Metrics {
         )
         .expect("static metric definition");
         r.register(Box::new(pool_idle.clone()))
+            .expect("metric registered once");
+        let shared_connections = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_backend_shared_connections",
+                "Shared backend connections logged in (Redis backends with multiplex = true).",
+            ),
+            &["backend"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(shared_connections.clone()))
             .expect("metric registered once");
         Metrics {
             connections_accepted: counter(
@@ -176,6 +188,7 @@ impl Metrics {
                 &["listener"],
             ),
             pool_idle,
+            shared_connections,
             pool_events: counter(
                 &r,
                 "portcullis_backend_pool_events_total",

@@ -289,6 +289,10 @@ async fn drive(conn: Arc<Conn>, backend: Arc<Backend>, cred: Credential, metrics
         }
     }
     debug!(event = "mux_connected", backend = %backend.name);
+    let open = metrics
+        .shared_connections
+        .with_label_values(&[&backend.name]);
+    open.inc();
     let mut io = Io {
         rbuf: leftover,
         pending: BytesMut::new(),
@@ -297,6 +301,7 @@ async fn drive(conn: Arc<Conn>, backend: Arc<Backend>, cred: Credential, metrics
     };
     let end = std::future::poll_fn(|cx| io.poll(cx, &conn, &mut stream)).await;
     debug!(event = "mux_closed", backend = %backend.name, reason = end);
+    open.dec();
     conn.state().fail();
 }
 

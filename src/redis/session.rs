@@ -245,6 +245,7 @@ fn mux_login(login: &Login) -> Result<(), &'static [u8]> {
         _ => Ok(()),
     }
 }
+
 /// Resets a connection the client left clean (RESET, then the proxy's AUTH)
 /// and keeps it, or closes it.
 async fn give_back(
