@@ -214,8 +214,8 @@ async fn large_requests_and_replies_share_the_connection_whole() {
     let p = Proxy::start(&config(redis.port, 1)).await;
     let mut big = p.redis_rs("alice", "alice-pw").await;
     let mut small = p.redis_rs("bob", "bob-pw").await;
-    // A 3 MiB value is streamed through in pieces while another client pings.
-    let value: String = (0..3 * 1024 * 1024)
+    // A value near the 1 MiB limit goes through whole while another client pings.
+    let value: String = (0..1000 * 1024)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
     let expected = value.clone();
@@ -269,33 +269,27 @@ async fn clients_that_leave_early_do_not_disturb_the_others() {
         assert_eq!(r, i.to_string());
     }
 
-    // Leaves in the middle of a request: the shared connection cannot go on,
-    // so the sessions on it end as if Redis had closed it, and the next one
-    // gets a new connection.
+    // Leaves in the middle of a request: only whole requests join the shared
+    // stream, so nothing of it reached Redis and the connection goes on.
     let mut b = logged_in(&p).await;
     b.send(b"*3\r\n$3\r\nSET\r\n$4\r\nhalf\r\n$200000\r\n")
         .await;
     b.send(&vec![b'x'; 100_000]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(b);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut stays).await;
-        if r.is_err() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the shared connection kept going after a half-sent request"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for i in 0..50 {
+        let r: String = redis::cmd("ECHO")
+            .arg(i)
+            .query_async(&mut stays)
+            .await
+            .expect("echo after a client left mid-request");
+        assert_eq!(r, i.to_string());
     }
-    let mut fresh = p.redis_rs("bob", "bob-pw").await;
-    let r: String = redis::cmd("PING")
-        .query_async(&mut fresh)
-        .await
-        .expect("ping");
-    assert_eq!(r, "PONG");
+    assert_eq!(
+        backend_connections(&redis).await,
+        1,
+        "still the one connection"
+    );
     let mut direct = redis.direct().await;
     let half: Option<String> = redis::cmd("GET")
         .arg("half")
@@ -303,6 +297,70 @@ async fn clients_that_leave_early_do_not_disturb_the_others() {
         .await
         .expect("get");
     assert_eq!(half, None, "the half-sent request never ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_limit_is_refused_in_resp() {
+    let redis = RedisServer::start();
+    let p = Proxy::start(&config(redis.port, 1)).await;
+    let mut stays = p.redis_rs("bob", "bob-pw").await;
+    let mut a = logged_in(&p).await;
+    a.send(b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$2000000\r\n")
+        .await;
+    a.send(&vec![b'x'; 1_100_000]).await;
+    let said = a
+        .closed_within(Duration::from_secs(10))
+        .await
+        .expect("closed");
+    let said = String::from_utf8_lossy(&said);
+    assert!(
+        said.starts_with("-ERR Protocol error: a request through a shared backend connection is limited to 1048576 bytes"),
+        "{said}"
+    );
+    assert_eq!(refusals(&p, "request_too_large"), 1);
+    let r: String = redis::cmd("PING")
+        .query_async(&mut stays)
+        .await
+        .expect("ping");
+    assert_eq!(r, "PONG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_replies_is_dropped_and_the_others_go_on() {
+    let redis = RedisServer::start();
+    let p = Proxy::start(&config(redis.port, 1)).await;
+    let mut other = p.redis_rs("bob", "bob-pw").await;
+    let mut hog = logged_in(&p).await;
+    let value = "v".repeat(900 * 1024);
+    hog.cmd(&["SET", "big", &value]).await;
+    assert_eq!(hog.reply().await, "+OK\r\n");
+    // 200 replies of 900 KiB, none read: far more than the proxy and the
+    // sockets hold, so the shared connection would stop for everyone.
+    let mut pipeline = Vec::new();
+    for _ in 0..200 {
+        pipeline.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n");
+    }
+    hog.send(&pipeline).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The others wait at most about a second, then go on without the hog.
+    let started = std::time::Instant::now();
+    for i in 0..50 {
+        let r: String = tokio::time::timeout(
+            Duration::from_secs(10),
+            redis::cmd("ECHO").arg(i).query_async(&mut other),
+        )
+        .await
+        .expect("the other client was held up")
+        .expect("echo");
+        assert_eq!(r, i.to_string());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // When the hog reads at last, it gets what was held for it, then the connection ends.
+    assert!(hog.closed_within(Duration::from_secs(20)).await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

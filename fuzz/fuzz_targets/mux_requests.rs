@@ -7,6 +7,11 @@
 //! three must count the same requests and end in the same state: the counter
 //! may stop and resume at any byte.
 //!
+//! The end it reports for a piece is the last point between requests: what
+//! comes before it counts the same on its own, and nothing after it ends a
+//! request (a session hands the shared connection only whole requests, cut
+//! there).
+//!
 //! Where the session's own parser (`peek_whole`) finds whole multibulk
 //! requests one after another from the start, the counter must count exactly
 //! those and stand between requests after each (it decides which session a
@@ -30,6 +35,15 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole, count(input, &[1]), "whole and byte-at-a-time disagree");
     let split = count(input, if sizes.is_empty() { &[7] } else { &sizes });
     assert_eq!(whole, split, "whole and split disagree (sizes {sizes:?})");
+
+    // The end reported is the last point between requests: the bytes up to it
+    // count the same and end there; nothing after it ends a request.
+    let mut counter = RequestCounter::default();
+    let (n, end) = counter.feed_ends(input);
+    let mut head = RequestCounter::default();
+    assert_eq!(head.feed_ends(&input[..end]), (n, end), "the head alone");
+    assert!(!head.mid_request(), "mid-request at the end reported");
+    assert_eq!(head.feed_ends(&input[end..]), (0, 0), "a request ends after the end reported");
 
     let mut counter = RequestCounter::default();
     let mut at = 0;

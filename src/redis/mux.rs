@@ -22,15 +22,21 @@
 //! arrive, so the connection keeps, in that order, which session sent how many
 //! whole requests ([`RequestCounter`] counts them in what each session writes),
 //! and hands each reply, cut out by a [`ReplyScanner`], to the session at the
-//! front. A request is never interleaved with another session's: while a
-//! session's large request is half written, the others wait. Memory stays
-//! bounded: the outgoing buffer and each session's incoming replies have caps,
-//! and the connection stops reading Redis while a session's replies are over
-//! its cap (which also holds up the other sessions: the price of sharing).
+//! front. Only whole requests join the shared stream, so no session's bytes
+//! ever come between another's, and a client that stops in the middle of a
+//! request holds up no one: the relay buffers a request until it is whole, up
+//! to [`MAX_REQUEST`] (longer ones are refused), instead of streaming it.
 //!
-//! When the connection fails (Redis closes it, a session leaves in the middle
-//! of a request), every session on it sees its backend close, as it would with
-//! a connection of its own; the next session opens a new one.
+//! Memory stays bounded: the outgoing buffer and each session's unread
+//! replies have caps. While one session's replies are over its cap (its
+//! client reads slowly) the connection stops reading Redis, which holds up
+//! the other sessions on it too; if that lasts [`STALL_LIMIT`], the session is
+//! dropped (its replies discarded, its client disconnected once it reads
+//! what it was sent) and the others go on.
+//!
+//! When the connection fails (Redis closes it), every session on it sees its
+//! backend close, as it would with a connection of its own; the next session
+//! opens a new one.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -60,6 +66,19 @@ const OUT_CAP: usize = 256 * 1024;
 
 /// Most reply bytes held for one session before the connection stops reading.
 const INBOX_CAP: usize = 256 * 1024;
+
+/// How long the connection stops reading for one session's unread replies
+/// before it drops that session, so that the others go on.
+const STALL_LIMIT: Duration = Duration::from_secs(1);
+
+/// Largest request a session sends through a shared connection (memcached's
+/// default item limit): it is held whole before it joins the shared stream.
+/// The relay refuses longer ones.
+pub const MAX_REQUEST: usize = 1024 * 1024;
+
+/// What a session may hold of a request not yet whole (a guard: the relay
+/// only hands over whole requests of at most [`MAX_REQUEST`]).
+const MAX_PARTIAL: usize = MAX_REQUEST + 64 * 1024;
 
 /// How long a connection no session uses stays open for the next one.
 const LINGER: Duration = Duration::from_secs(10);
@@ -176,8 +195,6 @@ struct State {
     status: Status,
     /// Requests not yet handed to the connection's task.
     out: BytesMut,
-    /// The session whose request is half written at the end of `out`.
-    owner: Option<u64>,
     /// Which session the next replies go to, and how many, in request order.
     fifo: VecDeque<(u64, u64)>,
     /// The attached sessions' replies not yet read.
@@ -185,7 +202,7 @@ struct State {
     next_id: u64,
     /// The connection's task.
     task: Option<Waker>,
-    /// Sessions waiting for room in `out`, for the owner to finish, or for the connection.
+    /// Sessions waiting for room in `out`, or for the connection.
     waiting: Vec<Waker>,
     /// Reading stopped because this session's inbox is full.
     paused_for: Option<u64>,
@@ -195,6 +212,8 @@ struct State {
 struct Inbox {
     buf: BytesMut,
     waker: Option<Waker>,
+    /// Dropped for not reading its replies ([`STALL_LIMIT`]); its replies are discarded.
+    evicted: bool,
 }
 
 impl State {
@@ -214,7 +233,6 @@ impl State {
         self.status = Status::Down;
         self.fifo.clear();
         self.out.clear();
-        self.owner = None;
         for inbox in self.inboxes.values_mut() {
             wake(&mut inbox.waker);
         }
@@ -237,13 +255,25 @@ impl State {
 
     /// Nothing in flight: no request queued or unanswered.
     fn quiet(&self) -> bool {
-        self.out.is_empty() && self.fifo.is_empty() && self.owner.is_none()
+        self.out.is_empty() && self.fifo.is_empty()
+    }
+
+    /// Drops a session that has not read its replies for [`STALL_LIMIT`]: the
+    /// connection reads on for the others, and the session's replies, now and
+    /// to come, are discarded; it sees an error.
+    fn evict(&mut self, id: u64) {
+        if let Some(inbox) = self.inboxes.get_mut(&id) {
+            inbox.evicted = true;
+            inbox.buf = BytesMut::new();
+            wake(&mut inbox.waker);
+        }
+        self.paused_for = None;
     }
 
     /// Hands `bytes`, replies or a part of one, to the session at the front.
     fn deliver(&mut self, id: u64, bytes: &[u8]) {
-        // A session that left has its replies dropped.
-        if let Some(inbox) = self.inboxes.get_mut(&id) {
+        // A session that left, or was dropped, has its replies discarded.
+        if let Some(inbox) = self.inboxes.get_mut(&id).filter(|i| !i.evicted) {
             inbox.buf.extend_from_slice(bytes);
             if inbox.buf.len() >= INBOX_CAP {
                 self.paused_for = Some(id);
@@ -298,6 +328,7 @@ async fn drive(conn: Arc<Conn>, backend: Arc<Backend>, cred: Credential, metrics
         pending: BytesMut::new(),
         scanner: ReplyScanner::new(),
         idle: None,
+        stall: None,
     };
     let end = std::future::poll_fn(|cx| io.poll(cx, &conn, &mut stream)).await;
     debug!(event = "mux_closed", backend = %backend.name, reason = end);
@@ -313,6 +344,8 @@ struct Io {
     scanner: ReplyScanner,
     /// Fires [`LINGER`] after the last session left.
     idle: Option<Pin<Box<Sleep>>>,
+    /// Fires [`STALL_LIMIT`] after reading stopped for a session's replies.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl Io {
@@ -331,6 +364,17 @@ impl Io {
             if self.pending.is_empty() && !state.out.is_empty() {
                 self.pending = state.out.split();
                 state.wake_waiting();
+            }
+            if let Some(id) = state.paused_for {
+                let stall = self.stall.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + STALL_LIMIT))
+                });
+                if stall.as_mut().poll(cx).is_ready() {
+                    state.evict(id);
+                    self.stall = None;
+                }
+            } else {
+                self.stall = None;
             }
             let paused = state.paused_for.is_some();
             if state.inboxes.is_empty() && state.quiet() && self.pending.is_empty() {
@@ -414,6 +458,8 @@ pub struct MuxStream {
     conn: Arc<Conn>,
     id: u64,
     counter: RequestCounter,
+    /// The start of a request whose end has not been written yet.
+    partial: BytesMut,
 }
 
 impl std::fmt::Debug for MuxStream {
@@ -428,6 +474,7 @@ impl MuxStream {
             conn,
             id,
             counter: RequestCounter::default(),
+            partial: BytesMut::new(),
         }
     }
 
@@ -453,6 +500,13 @@ impl MuxStream {
             "the shared backend connection closed",
         )
     }
+
+    fn evicted() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not read its replies: dropped from the shared backend connection",
+        )
+    }
 }
 
 impl AsyncWrite for MuxStream {
@@ -474,29 +528,46 @@ impl AsyncWrite for MuxStream {
         if state.status == Status::Down {
             return Poll::Ready(Err(Self::closed()));
         }
-        if state.owner.is_some_and(|o| o != this.id) || state.out.len() >= OUT_CAP {
+        match state.inboxes.get(&this.id) {
+            Some(inbox) if inbox.evicted => return Poll::Ready(Err(Self::evicted())),
+            _ => {}
+        }
+        if state.out.len() >= OUT_CAP {
             state.wait(cx);
             return Poll::Pending;
         }
         let mut written = 0;
         let mut whole = 0;
         for b in bufs {
-            state.out.extend_from_slice(b);
-            whole += this.counter.feed(b);
+            // Only whole requests join the shared stream: the start of one
+            // waits here for its end, so no other session's can come between.
+            let (n, end) = this.counter.feed_ends(b);
+            if end > 0 {
+                let before = this.partial.split();
+                state.out.extend_from_slice(&before);
+                state.out.extend_from_slice(&b[..end]);
+                this.partial.extend_from_slice(&b[end..]);
+            } else {
+                this.partial.extend_from_slice(b);
+            }
+            whole += n;
             written += b.len();
+        }
+        if this.partial.len() > MAX_PARTIAL {
+            // The relay hands over whole requests of at most MAX_REQUEST
+            // (longer ones are refused): this is a guard on memory, not a path.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a request too large for a shared backend connection",
+            )));
         }
         if whole > 0 {
             match state.fifo.back_mut() {
                 Some((id, n)) if *id == this.id => *n += whole,
                 _ => state.fifo.push_back((this.id, whole)),
             }
+            wake(&mut state.task);
         }
-        let owner = this.counter.mid_request().then_some(this.id);
-        if state.owner.is_some() && owner.is_none() {
-            state.wake_waiting();
-        }
-        state.owner = owner;
-        wake(&mut state.task);
         Poll::Ready(Ok(written))
     }
 
@@ -525,6 +596,9 @@ impl AsyncRead for MuxStream {
         let Some(inbox) = state.inboxes.get_mut(&this.id) else {
             return Poll::Ready(Ok(()));
         };
+        if inbox.evicted {
+            return Poll::Ready(Err(Self::evicted()));
+        }
         if inbox.buf.is_empty() {
             if down {
                 return Poll::Ready(Ok(()));
@@ -550,10 +624,6 @@ impl Drop for MuxStream {
         state.inboxes.remove(&self.id);
         if state.paused_for == Some(self.id) {
             state.paused_for = None;
-        }
-        if state.owner == Some(self.id) {
-            // Redis waits for the rest of the request: the connection cannot go on.
-            state.fail();
         }
         wake(&mut state.task);
     }
@@ -661,7 +731,14 @@ enum Counting {
 impl RequestCounter {
     /// Consumes `input`; returns how many requests ended in it.
     pub fn feed(&mut self, input: &[u8]) -> u64 {
+        self.feed_ends(input).0
+    }
+
+    /// Consumes `input`; returns how many requests ended in it, and how many
+    /// bytes of it run up to the last point between requests (0 if none).
+    pub fn feed_ends(&mut self, input: &[u8]) -> (u64, usize) {
         let mut whole = 0;
+        let mut end = 0;
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -732,8 +809,11 @@ impl RequestCounter {
                     }
                 }
             }
+            if self.state == Counting::Start {
+                end = i;
+            }
         }
-        whole
+        (whole, end)
     }
 
     /// A bulk string ended: the request ends with its last one.
@@ -792,6 +872,20 @@ mod tests {
             assert_eq!(count_whole(input), (*n, *mid), "{shown}");
             assert_eq!(count_bytewise(input), (*n, *mid), "{shown}");
         }
+    }
+
+    #[test]
+    fn ends_are_where_requests_end() {
+        let mut c = RequestCounter::default();
+        assert_eq!(c.feed_ends(b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPI"), (1, 14));
+        assert_eq!(c.feed_ends(b"NG\r\n\r\n*2"), (1, 6));
+        assert_eq!(c.feed_ends(b"\r\n"), (0, 0));
+        let mut c = RequestCounter::default();
+        assert_eq!(
+            c.feed_ends(b"\r\n*0\r\n"),
+            (0, 6),
+            "no request, but between requests"
+        );
     }
 
     #[test]

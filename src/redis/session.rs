@@ -798,6 +798,9 @@ struct Relay<'a> {
     backend: Upstream,
     /// The backend connection is shared ([`super::mux`]).
     mux: bool,
+    /// Most client bytes buffered: a request not whole by then is refused,
+    /// or (with a connection of its own) streamed.
+    in_cap: usize,
     backend_in: BytesMut,
     to_client: Outbox,
     to_backend: Outbox,
@@ -913,6 +916,10 @@ impl<'a> Relay<'a> {
             proto,
             client,
             mux: matches!(connected.stream, Upstream::Shared(_)),
+            in_cap: match connected.stream {
+                Upstream::Shared(_) => mux::MAX_REQUEST,
+                Upstream::Own(_) => CLIENT_IN_CAP,
+            },
             backend: connected.stream,
             backend_in: connected.leftover,
             to_client,
@@ -1074,7 +1081,7 @@ impl<'a> Relay<'a> {
         let read_client = !self.done_reading()
             && self.reads_paused_until.is_none()
             && self.stashed.is_none()
-            && self.client.buf.len() < CLIENT_IN_CAP
+            && self.client.buf.len() < self.in_cap
             && self.slots.len() < self.ctx.limits.max_pipeline
             && self.to_backend.len < OUT_CAP
             && self.to_client.len < OUT_CAP;
@@ -1208,7 +1215,15 @@ impl<'a> Relay<'a> {
     }
 
     async fn dispatch_requests(&mut self) -> Result<(), SessionError> {
-        let limits = RequestLimits::AUTHENTICATED;
+        let limits = if self.mux {
+            // Through a shared connection requests go whole (mux::MAX_REQUEST).
+            RequestLimits {
+                stream_after: None,
+                ..RequestLimits::AUTHENTICATED
+            }
+        } else {
+            RequestLimits::AUTHENTICATED
+        };
         // Whole requests at the front of the read buffer that go to the backend
         // as they are, not yet queued: a run of them is queued at once.
         let mut run = 0;
@@ -1251,8 +1266,22 @@ impl<'a> Relay<'a> {
                 None => match decode(&mut self.client.buf, &limits) {
                     Ok(Some(Decoded::Request(req))) => req,
                     Ok(Some(Decoded::Skip)) => continue,
+                    Ok(None) if self.client.buf.len() >= self.in_cap && self.mux => {
+                        // Refused as Redis refuses a request over its limits: an error, then close.
+                        let reason = "request_too_large";
+                        self.ctx.metrics.refused(reason);
+                        info!(event = "command_refused", listener = %self.ctx.listener.name, peer = %self.peer,
+                            user = %escape(self.identity.name().as_bytes()), reason);
+                        let reply = replies::error(&format!(
+                            "Protocol error: a request through a shared backend connection is limited to {} bytes",
+                            mux::MAX_REQUEST
+                        ));
+                        self.push_local(Bytes::from(reply));
+                        self.close_after_pending();
+                        break;
+                    }
                     Ok(None) => {
-                        if self.client.buf.len() >= CLIENT_IN_CAP {
+                        if self.client.buf.len() >= self.in_cap {
                             return Err(SessionError::ClientProtocol(
                                 "request buffer overflow".into(),
                             ));
