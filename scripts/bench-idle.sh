@@ -7,14 +7,19 @@
 #   scripts/bench-idle.sh                 # N=10000, or what the open-file limit allows
 #
 # Environment: N (connections), HOLD (how long they stay idle, default 10s),
-# PORTCULLIS_BIN (default target/release/portcullis, built if missing).
-# The proxy needs two descriptors per connection and this script's client one:
-# N is lowered to fit the open-file hard limit (printed when it is).
+# PORTCULLIS_BIN (default target/release/portcullis, built if missing),
+# MULTIPLEX=1 (the backend's `multiplex = true`: the sessions share backend
+# connections instead of holding one each).
+# The proxy needs two descriptors per connection (one with MULTIPLEX=1) and this
+# script's client one: N is lowered to fit the open-file hard limit (printed when it is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-10000}
 HOLD=${HOLD:-10s}
+MULTIPLEX=${MULTIPLEX:-0}
+per=2; multiplex=false
+[[ "$MULTIPLEX" == 1 ]] && { per=1; multiplex=true; }
 command -v redis-server >/dev/null || { echo "bench-idle: redis-server is required (apt-get install redis-server)" >&2; exit 1; }
 
 if [[ -n "${PORTCULLIS_BIN:-}" ]]; then
@@ -25,9 +30,9 @@ else
 fi
 
 hard=$(ulimit -Hn)
-if [[ "$hard" != unlimited ]] && (( 2 * N + 100 > hard )); then
-    fit=$(( (hard - 100) / 2 ))
-    echo "bench-idle: open-file hard limit $hard: $N connections need $((2 * N + 100)) descriptors in the proxy; measuring $fit" >&2
+if [[ "$hard" != unlimited ]] && (( per * N + 100 > hard )); then
+    fit=$(( (hard - 100) / per ))
+    echo "bench-idle: open-file hard limit $hard: $N connections need $((per * N + 100)) descriptors in the proxy; measuring $fit" >&2
     N=$fit
 fi
 ulimit -n "$hard"
@@ -68,6 +73,7 @@ name = "redis"
 protocol = "redis"
 address = "127.0.0.1:$RP"
 password = "\${BENCH_BACKEND_PW}"
+multiplex = $multiplex
 [[listener]]
 name = "tls"
 protocol = "redis"
@@ -87,6 +93,6 @@ pids+=($proxy)
 wait_port "$PT" || { cat "$work/portcullis.log" >&2; exit 1; }
 sleep 0.5
 
-echo "Machine: $(nproc) vCPU, $(uname -sr), $(date -u +%F). Command: \`N=$N HOLD=$HOLD scripts/bench-idle.sh\`"
+echo "Machine: $(nproc) vCPU, $(uname -sr), $(date -u +%F). Command: \`N=$N HOLD=$HOLD MULTIPLEX=$MULTIPLEX scripts/bench-idle.sh\`"
 BENCH_PW=bench-password "$bin" bench redis --target "localhost:$PT" --tls --ca "$work/certs/ca.crt" \
     --user bench --password-env BENCH_PW --idle --clients "$N" --duration "$HOLD" --watch-pid "$proxy" "$@"
