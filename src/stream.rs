@@ -9,88 +9,106 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// An enum of two byte streams that is a byte stream itself, delegating each
+/// call to the variant it holds (the client and backend streams here, and a
+/// Redis session's backend in `redis::mux`).
 macro_rules! either_stream {
-    ($name:ident, $plain:ty, $tls:ty, $doc:literal) => {
-        #[doc = $doc]
+    (
+        $(#[$meta:meta])* $name:ident,
+        $(#[$a_meta:meta])* $a:ident($a_ty:ty),
+        $(#[$b_meta:meta])* $b:ident($b_ty:ty) $(,)?
+    ) => {
+        $(#[$meta])*
         #[allow(clippy::large_enum_variant)]
         pub enum $name {
-            /// Plain TCP.
-            Plain($plain),
-            /// TLS over TCP.
-            Tls(Box<$tls>),
+            $(#[$a_meta])*
+            $a($a_ty),
+            $(#[$b_meta])*
+            $b($b_ty),
         }
 
-        impl AsyncRead for $name {
+        impl tokio::io::AsyncRead for $name {
             fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
                 match self.get_mut() {
-                    $name::Plain(s) => Pin::new(s).poll_read(cx, buf),
-                    $name::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+                    $name::$a(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+                    $name::$b(s) => std::pin::Pin::new(s).poll_read(cx, buf),
                 }
             }
         }
 
-        impl AsyncWrite for $name {
+        impl tokio::io::AsyncWrite for $name {
             fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
                 buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
+            ) -> std::task::Poll<std::io::Result<usize>> {
                 match self.get_mut() {
-                    $name::Plain(s) => Pin::new(s).poll_write(cx, buf),
-                    $name::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+                    $name::$a(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+                    $name::$b(s) => std::pin::Pin::new(s).poll_write(cx, buf),
                 }
             }
 
             fn poll_write_vectored(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[io::IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
                 match self.get_mut() {
-                    $name::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-                    $name::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+                    $name::$a(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+                    $name::$b(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
                 }
             }
 
             fn is_write_vectored(&self) -> bool {
                 match self {
-                    $name::Plain(s) => s.is_write_vectored(),
-                    $name::Tls(s) => s.is_write_vectored(),
+                    $name::$a(s) => s.is_write_vectored(),
+                    $name::$b(s) => s.is_write_vectored(),
                 }
             }
 
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
                 match self.get_mut() {
-                    $name::Plain(s) => Pin::new(s).poll_flush(cx),
-                    $name::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+                    $name::$a(s) => std::pin::Pin::new(s).poll_flush(cx),
+                    $name::$b(s) => std::pin::Pin::new(s).poll_flush(cx),
                 }
             }
 
-            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
                 match self.get_mut() {
-                    $name::Plain(s) => Pin::new(s).poll_shutdown(cx),
-                    $name::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+                    $name::$a(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+                    $name::$b(s) => std::pin::Pin::new(s).poll_shutdown(cx),
                 }
             }
         }
     };
 }
+pub(crate) use either_stream;
 
 either_stream!(
+    /// A client connection.
     ClientStream,
-    ClientTcp,
-    tokio_rustls::server::TlsStream<ClientTcp>,
-    "A client connection."
+    /// Plain TCP.
+    Plain(ClientTcp),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::server::TlsStream<ClientTcp>>),
 );
 either_stream!(
+    /// A backend connection.
     BackendStream,
-    TcpStream,
-    tokio_rustls::client::TlsStream<TcpStream>,
-    "A backend connection."
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 );
 
 /// A client's TCP connection. Bytes the proxy read before the session started

@@ -690,21 +690,10 @@ async fn backend_unavailable_reveals_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_map_to_backend_acl_users_and_auth_switches_them() {
     let redis = RedisServer::start();
-    let mut direct = redis.direct().await;
     let reader_pw = "Reader-Secret-0123456789-abcdefghijkl";
-    let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "reader",
-            "on",
-            &format!(">{reader_pw}"),
-            "~*",
-            "+@read",
-            "+@connection",
-        ])
-        .query_async(&mut direct)
-        .await
-        .expect("acl setuser");
+    redis
+        .acl_setuser("reader", reader_pw, &["~*", "+@read", "+@connection"])
+        .await;
     let mut cfg = ProxyConfig::new(redis.port);
     // CLIENT INFO names the backend user; the default policy hides it, these users may see it.
     let ops = "[user.redis]\ncommands = \"+@all -@dangerous +client|info\"\n";

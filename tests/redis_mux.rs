@@ -29,12 +29,7 @@ async fn logged_in(p: &Proxy) -> Raw {
 
 /// The backend's client connections other than the asking one.
 async fn backend_connections(redis: &RedisServer) -> usize {
-    let mut c = redis.direct().await;
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut c)
-        .await
-        .expect("client list");
+    let list = redis.client_list().await;
     list.lines()
         .filter(|l| !l.contains(" cmd=client|list "))
         .count()
@@ -166,20 +161,10 @@ async fn what_needs_a_connection_of_its_own_is_refused_and_the_session_goes_on()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_to_a_user_with_another_backend_login_is_refused() {
     let redis = RedisServer::start();
-    let mut direct = redis.direct().await;
     let reader_pw = "Reader-Secret-0123456789-abcdefghijkl";
-    let _: () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER",
-            "reader",
-            "on",
-            &format!(">{reader_pw}"),
-            "~*",
-            "+@all",
-        ])
-        .query_async(&mut direct)
-        .await
-        .expect("acl setuser");
+    redis
+        .acl_setuser("reader", reader_pw, &["~*", "+@all"])
+        .await;
     let mut cfg = config(redis.port, 1);
     cfg.users.push_str(&user(
         "carol",

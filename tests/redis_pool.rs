@@ -57,12 +57,7 @@ async fn quit(mut raw: Raw) {
 /// Whether the backend still has a connection with this `CLIENT ID` reply.
 async fn backend_has(redis: &RedisServer, id: &str) -> bool {
     let id = id.trim().trim_start_matches(':');
-    let mut c = redis.direct().await;
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut c)
-        .await
-        .expect("client list");
+    let list = redis.client_list().await;
     list.lines().any(|l| l.starts_with(&format!("id={id} ")))
 }
 

@@ -14,7 +14,7 @@
 //! and reply order (the relay is the same; its backend stream is a
 //! [`MuxStream`]). What a shared connection cannot give is per-client state in
 //! Redis, so a session refuses the commands that would change or depend on
-//! its connection (`multiplexable`: MULTI and WATCH, blocking commands,
+//! its connection (`session::multiplexable`: MULTI and WATCH, blocking commands,
 //! subscriptions, SELECT, CLIENT, HELLO 3, an AUTH to another backend user),
 //! and answers RESET itself.
 //!
@@ -52,7 +52,6 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, info};
 
 use super::backend::{self, Login};
-use super::commands::{category, CommandSpec};
 use super::pool::Key;
 use super::reply::{ReplyScanner, Scan};
 use crate::auth::Credential;
@@ -82,36 +81,6 @@ const MAX_PARTIAL: usize = MAX_REQUEST + 64 * 1024;
 
 /// How long a connection no session uses stays open for the next one.
 const LINGER: Duration = Duration::from_secs(10);
-
-/// Whether a command can go through a shared connection: it neither changes
-/// nor depends on state Redis keeps per connection, and it has exactly one
-/// reply that comes back when its turn comes (no blocking).
-pub fn multiplexable(spec: &CommandSpec) -> bool {
-    spec.categories & (category::BLOCKING | category::TRANSACTION) == 0
-        && !matches!(
-            spec.name,
-            "select"
-                | "client"
-                | "readonly"
-                | "readwrite"
-                | "asking"
-                | "wait"
-                | "waitaof"
-                | "monitor"
-                | "sync"
-                | "psync"
-                | "replconf"
-                | "subscribe"
-                | "psubscribe"
-                | "ssubscribe"
-                | "unsubscribe"
-                | "punsubscribe"
-                | "sunsubscribe"
-                | "reset"
-                | "hello"
-                | "auth"
-        )
-}
 
 /// Where a shared connection belongs: a worker thread ([`crate::shards::current`]) and a backend user.
 type Slot = (Option<usize>, Key);
@@ -629,71 +598,14 @@ impl Drop for MuxStream {
     }
 }
 
-/// A session's backend: a connection of its own, or its end of a shared one.
-pub enum Upstream {
+crate::stream::either_stream!(
+    /// A session's backend: a connection of its own, or its end of a shared one.
+    Upstream,
     /// A connection of its own.
     Own(BackendStream),
     /// Its end of a shared connection.
     Shared(MuxStream),
-}
-
-impl AsyncRead for Upstream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Own(s) => Pin::new(s).poll_read(cx, buf),
-            Upstream::Shared(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Upstream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Own(s) => Pin::new(s).poll_write(cx, buf),
-            Upstream::Shared(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Own(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Upstream::Shared(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Upstream::Own(s) => s.is_write_vectored(),
-            Upstream::Shared(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Own(s) => Pin::new(s).poll_flush(cx),
-            Upstream::Shared(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Own(s) => Pin::new(s).poll_shutdown(cx),
-            Upstream::Shared(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+);
 
 /// Counts the whole requests in a session's byte stream, fed in pieces of
 /// any size: each has exactly one reply. The bytes are the relay's own
@@ -910,36 +822,5 @@ mod tests {
         let mut c = RequestCounter::default();
         assert_eq!(c.feed(b"*1\r\n$-1\r\n"), 1);
         assert!(!c.mid_request());
-    }
-
-    #[test]
-    fn what_cannot_be_multiplexed() {
-        let spec = |n: &str| super::super::commands::lookup(n.as_bytes()).expect(n);
-        for ok in [
-            "get", "set", "mget", "incr", "eval", "ping", "publish", "xadd", "del",
-        ] {
-            assert!(multiplexable(spec(ok)), "{ok}");
-        }
-        for no in [
-            "multi",
-            "exec",
-            "watch",
-            "blpop",
-            "brpop",
-            "bzpopmin",
-            "xread",
-            "select",
-            "client",
-            "subscribe",
-            "psubscribe",
-            "monitor",
-            "wait",
-            "readonly",
-            "reset",
-            "hello",
-            "auth",
-        ] {
-            assert!(!multiplexable(spec(no)), "{no}");
-        }
     }
 }

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::backend::{self, Connected, Login};
+use super::commands::{category, CommandSpec};
 use super::mux::{self, Upstream};
 use super::policy::{self, Verdict};
 use super::pool;
@@ -492,6 +493,20 @@ fn tracked_by_session(name: &str) -> bool {
             | "punsubscribe"
             | "sunsubscribe"
     )
+}
+
+/// Whether a command can go through a shared backend connection ([`mux`]):
+/// it neither changes nor depends on state Redis keeps per connection
+/// (what the session tracks for that reason, the selected database, the
+/// cluster and replica flags), and its one reply comes when its turn comes
+/// (nothing blocking). The others are refused there.
+fn multiplexable(spec: &CommandSpec) -> bool {
+    spec.categories & (category::BLOCKING | category::TRANSACTION) == 0
+        && !tracked_by_session(spec.name)
+        && !matches!(
+            spec.name,
+            "select" | "readonly" | "readwrite" | "asking" | "wait" | "waitaof" | "replconf"
+        )
 }
 
 /// AUTH or HELLO: may switch the user, and waits for a password check.
@@ -1381,7 +1396,7 @@ impl<'a> Relay<'a> {
             },
         };
         self.last_command = Some(spec);
-        if tracked_by_session(spec.name) || (self.mux && !mux::multiplexable(spec)) {
+        if tracked_by_session(spec.name) || (self.mux && !multiplexable(spec)) {
             return Ok(false);
         }
         let sub = match p.sub {
@@ -1568,7 +1583,7 @@ impl<'a> Relay<'a> {
                 self.push_local(Bytes::from_static(b"+RESET\r\n"));
                 return false;
             }
-            if !mux::multiplexable(spec) {
+            if !multiplexable(spec) {
                 let reply = Bytes::from(replies::not_multiplexed(spec.name));
                 self.deny(name, "not_multiplexed", reply);
                 return false;
@@ -2017,6 +2032,37 @@ mod tests {
         };
         assert!(is_http(&r));
         assert!(!is_http(&req(&["GET", "HTTP/1.1"])));
+    }
+
+    #[test]
+    fn what_cannot_be_multiplexed() {
+        let spec = |n: &str| super::super::commands::lookup(n.as_bytes()).expect(n);
+        for ok in [
+            "get", "set", "mget", "incr", "eval", "ping", "publish", "xadd", "del",
+        ] {
+            assert!(multiplexable(spec(ok)), "{ok}");
+        }
+        for no in [
+            "multi",
+            "exec",
+            "watch",
+            "blpop",
+            "brpop",
+            "bzpopmin",
+            "xread",
+            "select",
+            "client",
+            "subscribe",
+            "psubscribe",
+            "monitor",
+            "wait",
+            "readonly",
+            "reset",
+            "hello",
+            "auth",
+        ] {
+            assert!(!multiplexable(spec(no)), "{no}");
+        }
     }
 
     #[test]

@@ -161,6 +161,31 @@ impl RedisServer {
             .expect("direct connect")
     }
 
+    /// `CLIENT LIST`, asked on a direct connection (which is in the list).
+    pub async fn client_list(&self) -> String {
+        let mut c = self.direct().await;
+        redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut c)
+            .await
+            .expect("client list")
+    }
+
+    /// Creates the ACL user `name`, enabled, with `password` and `rules`.
+    pub async fn acl_setuser(&self, name: &str, password: &str, rules: &[&str]) {
+        let mut c = self.direct().await;
+        let pass = format!(">{password}");
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(name)
+            .arg("on")
+            .arg(&pass)
+            .arg(rules)
+            .query_async(&mut c)
+            .await
+            .expect("acl setuser");
+    }
+
     /// `INFO stats` field value.
     pub async fn info_field(&self, section: &str, field: &str) -> i64 {
         let mut c = self.direct().await;
